@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs and starts everything the tests and the demo need, on a fresh Debian 12
+# machine that has only the Rust toolchain. Idempotent: a second run does nothing
+# that is already done.
+#
+#   - PostgreSQL on 127.0.0.1:5432 with trust auth on loopback (the watermark store
+#     and the Iceberg SQL catalog's production backend); installed from Debian if
+#     missing, started if stopped;
+#   - a Python venv with chdb (the real ClickHouse engine), lz4 and pyiceberg
+#     (testing/setup-venv.sh);
+#   - build tools the native dependencies need (gcc, make, pkg-config).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+    if [[ "$(id -u)" == 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        log "need root for: $*"; exit 1
+    fi
+}
+
+apt_updated=
+apt_install() {
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    ((${#missing[@]})) || return 0
+    if [[ -z "$apt_updated" ]]; then as_root apt-get update -qq; apt_updated=1; fi
+    log "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# --- native build tools ------------------------------------------------------------
+if command -v dpkg >/dev/null; then
+    apt_install build-essential pkg-config python3 python3-venv curl ca-certificates
+fi
+
+# --- PostgreSQL ------------------------------------------------------------------------
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if ! pg_up; then
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        apt_install postgresql postgresql-client
+    fi
+    ver="$(ls /etc/postgresql | sort -V | tail -n1)"
+    hba="/etc/postgresql/$ver/main/pg_hba.conf"
+    # Test machines only: trust loopback connections, as on the team's machines.
+    if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+        log "enabling trust auth on loopback in $hba"
+        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || as_root pg_ctlcluster "$ver" main start
+    for _ in $(seq 1 60); do pg_up && break; sleep 1; done  # waiting for a daemon, bounded
+    pg_up || { log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1; }
+fi
+
+# --- Python tooling (chdb front, pyiceberg) -------------------------------------------------
+bash "$repo/testing/setup-venv.sh" >/dev/null
+log "ready"
