@@ -1,0 +1,1 @@
+//! Programs and examples for offload.
