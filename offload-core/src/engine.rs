@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::clock::{Clock, SystemClock};
 use crate::{
     CommitMetadata, Error, Lease, RetryPolicy, RunEvent, RunId, Sink, Source, Staged, TableConfig, Watermark,
-    WatermarkStore, Window, metrics,
+    WatermarkStore, Window, failpoint, metrics,
 };
 
 /// What a successful run did.
@@ -292,6 +292,7 @@ impl Offloader {
             }
         };
         let mut lease = lease;
+        failpoint::hit("engine.after_lease");
         let result = match self
             .retry
             .retry("record start", || {
@@ -459,6 +460,7 @@ impl Offloader {
             fencing_token: lease.token,
         };
         let (rows, bytes, files) = (staged.rows(), staged.bytes(), staged.files().len());
+        failpoint::hit("engine.before_commit");
         match self.commit(table, &staged, &meta).await {
             Ok(()) => {}
             Err(CommitFailure::NotCommitted(e)) => {
@@ -469,6 +471,7 @@ impl Offloader {
             Err(CommitFailure::InDoubt(e)) => return Err(e),
         }
         tracing::info!(rows, files, "committed");
+        failpoint::hit("engine.after_commit");
 
         // Data is durable. If the store update fails, the next run rolls it forward.
         self.retry
@@ -476,6 +479,7 @@ impl Offloader {
                 self.store.compare_and_set(lease, committed, until)
             })
             .await?;
+        failpoint::hit("engine.after_store_update");
 
         summary.window = Some(window);
         summary.rows = rows;
@@ -522,6 +526,7 @@ impl Offloader {
                     Some(Err(e)) => return Err(e),
                     Some(Ok(batch)) => writer.write(batch).await?,
                 }
+                failpoint::hit("engine.read_batch");
                 // Long windows outlive a lease: renew well before it lapses.
                 if last_renewal.elapsed() > self.lease_ttl / 3 {
                     lease = self.store.renew_lease(&lease, self.lease_ttl).await?;

@@ -5,6 +5,7 @@ mod clock;
 mod config;
 mod engine;
 mod error;
+pub mod failpoint;
 pub mod metrics;
 mod retry;
 mod run;
