@@ -3,4 +3,5 @@
 //! See the crate README for the programs; [`config`] is the TOML schema.
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod config;
