@@ -8,4 +8,4 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/setup.sh
-cargo run --locked -q -p offload-examples --bin demo -- "$@"
+cargo run --locked -q -p offload-examples --example demo -- "$@"
