@@ -97,6 +97,9 @@ impl ClickHouseFront {
                 "--data",
             ])
             .arg(data_dir.path())
+            // chdb's file table functions (`icebergLocal`, `file`) only read below
+            // the working directory: from `/`, tests can read any warehouse they write.
+            .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
