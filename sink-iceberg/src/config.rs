@@ -1,0 +1,660 @@
+//! Typed configuration: which catalog, which storage, how to write.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::IcebergSinkError;
+
+/// Which catalog implementation holds the tables' metadata pointers.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CatalogBackend {
+    /// The SQL (JDBC-schema) catalog in a SQLite file: the embedded default.
+    /// The file is created (in WAL mode) if missing.
+    Sqlite {
+        /// Path of the SQLite database file.
+        path: PathBuf,
+    },
+    /// The SQL (JDBC-schema) catalog in PostgreSQL: production, shared by many engines.
+    Postgres {
+        /// A `postgres://user:password@host:port/database` URL (the password is redacted in `Debug`).
+        url: String,
+    },
+    /// An Iceberg REST catalog (feature `rest`).
+    Rest {
+        /// The catalog's base URI, e.g. `http://localhost:8181`.
+        uri: String,
+    },
+    /// iceberg-rust's in-memory catalog: tables vanish with the process. For tests.
+    Memory,
+}
+
+/// Where data and metadata files are stored.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageConfig {
+    /// The local file system (or a mounted one); the warehouse is a path or `file://` URL.
+    LocalFs,
+    /// S3 or an S3-compatible store (MinIO, Ceph, R2, ...) through iceberg's
+    /// OpenDAL storage. Needs the `s3` feature.
+    S3(S3Config),
+}
+
+/// S3 connection settings. Unset credentials fall back to the usual AWS
+/// environment (variables, profile, instance metadata).
+///
+/// ```
+/// use offload_sink_iceberg::S3Config;
+/// let s3 = S3Config {
+///     endpoint: Some("http://127.0.0.1:9000".into()),
+///     region: Some("us-east-1".into()),
+///     access_key_id: Some("minio".into()),
+///     secret_access_key: Some("minio-secret".into()),
+///     path_style_access: true, // most non-AWS endpoints need it
+///     ..S3Config::default()
+/// };
+/// assert!(!format!("{s3:?}").contains("minio-secret"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Config {
+    /// Endpoint URL for non-AWS stores, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` is fine for most S3-compatible stores).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key (redacted in `Debug`).
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials (redacted in `Debug`).
+    pub session_token: Option<String>,
+    /// Address buckets as `endpoint/bucket/key` instead of `bucket.endpoint/key`.
+    pub path_style_access: bool,
+    /// Send unsigned requests (public buckets, test servers).
+    pub allow_anonymous: bool,
+}
+
+impl S3Config {
+    /// The iceberg FileIO properties (`s3.*`) these settings translate to.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
+    pub(crate) fn to_props(&self) -> BTreeMap<String, String> {
+        let mut p = BTreeMap::new();
+        let mut put = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                p.insert(k.to_owned(), v.clone());
+            }
+        };
+        put("s3.endpoint", &self.endpoint);
+        put("s3.region", &self.region);
+        put("s3.access-key-id", &self.access_key_id);
+        put("s3.secret-access-key", &self.secret_access_key);
+        put("s3.session-token", &self.session_token);
+        p.insert("s3.path-style-access".into(), self.path_style_access.to_string());
+        if self.allow_anonymous {
+            p.insert("s3.allow-anonymous".into(), "true".into());
+        }
+        p
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redact_opt(&self.secret_access_key))
+            .field("session_token", &redact_opt(&self.session_token))
+            .field("path_style_access", &self.path_style_access)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageConfig::LocalFs => f.write_str("LocalFs"),
+            StorageConfig::S3(s3) => f.debug_tuple("S3").field(s3).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for CatalogBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogBackend::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            CatalogBackend::Postgres { url } => {
+                f.debug_struct("Postgres").field("url", &redact_url(url)).finish()
+            }
+            CatalogBackend::Rest { uri } => f.debug_struct("Rest").field("uri", &redact_url(uri)).finish(),
+            CatalogBackend::Memory => f.write_str("Memory"),
+        }
+    }
+}
+
+/// Which catalog to use, where the warehouse is, how to reach storage.
+///
+/// Build it with a constructor per backend, or parse a URI with
+/// [`from_uri`](Self::from_uri). Credentials (database passwords, S3 secrets,
+/// every extra catalog property value) are redacted in `Debug`.
+///
+/// ```
+/// use offload_sink_iceberg::CatalogConfig;
+/// let c = CatalogConfig::sqlite("/var/lib/offload/catalog.db", "/var/lib/offload/warehouse")
+///     .with_name("prod");
+/// assert_eq!(c.warehouse(), "/var/lib/offload/warehouse");
+///
+/// let pg = CatalogConfig::from_uri(
+///     "postgres://offload:s3cret@db:5432/iceberg?warehouse=/mnt/warehouse",
+/// ).unwrap();
+/// assert!(!format!("{pg:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct CatalogConfig {
+    backend: CatalogBackend,
+    name: String,
+    warehouse: String,
+    storage: StorageConfig,
+    props: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for CatalogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self.props.keys().map(|k| (k.as_str(), "<redacted>")).collect();
+        f.debug_struct("CatalogConfig")
+            .field("backend", &self.backend)
+            .field("name", &self.name)
+            .field("warehouse", &redact_url(&self.warehouse))
+            .field("storage", &self.storage)
+            .field("props", &props)
+            .finish()
+    }
+}
+
+/// The catalog name used when none is given: tables registered by one name
+/// are invisible under another, so every engine and reader must agree on it.
+pub const DEFAULT_CATALOG_NAME: &str = "offload";
+
+impl CatalogConfig {
+    fn new(backend: CatalogBackend, warehouse: String) -> Self {
+        let storage = default_storage_for(&warehouse);
+        Self {
+            backend,
+            name: DEFAULT_CATALOG_NAME.into(),
+            warehouse,
+            storage,
+            props: BTreeMap::new(),
+        }
+    }
+
+    /// The SQL catalog on a SQLite file, with a warehouse path (or `s3://` URL).
+    pub fn sqlite(path: impl Into<PathBuf>, warehouse: impl Into<String>) -> Self {
+        Self::new(CatalogBackend::Sqlite { path: path.into() }, warehouse.into())
+    }
+
+    /// The SQL catalog on PostgreSQL (`postgres://user:password@host:port/db`).
+    ///
+    /// ```
+    /// let c = offload_sink_iceberg::CatalogConfig::postgres("postgres://u:pw@h/db", "s3://bucket/wh");
+    /// assert!(format!("{c:?}").contains("S3")); // an s3:// warehouse selects S3 storage
+    /// ```
+    pub fn postgres(url: impl Into<String>, warehouse: impl Into<String>) -> Self {
+        Self::new(CatalogBackend::Postgres { url: url.into() }, warehouse.into())
+    }
+
+    /// A REST catalog at `uri`; `warehouse` is the catalog's warehouse identifier
+    /// (a location or a name, depending on the server).
+    pub fn rest(uri: impl Into<String>, warehouse: impl Into<String>) -> Self {
+        Self::new(CatalogBackend::Rest { uri: uri.into() }, warehouse.into())
+    }
+
+    /// iceberg-rust's in-memory catalog over a warehouse location (tests, examples).
+    pub fn memory(warehouse: impl Into<String>) -> Self {
+        Self::new(CatalogBackend::Memory, warehouse.into())
+    }
+
+    /// Sets the catalog name (default [`DEFAULT_CATALOG_NAME`]). Readers such as
+    /// pyiceberg's `SqlCatalog` must open the catalog under the same name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the storage (default: S3 for `s3://`/`s3a://` warehouses, else the local file system).
+    pub fn with_storage(mut self, storage: StorageConfig) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Adds a catalog/FileIO property passed through verbatim (e.g. `pool.max-connections`,
+    /// `credential`, `token`). Values are redacted in `Debug`.
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.props.insert(key.into(), value.into());
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &CatalogBackend {
+        &self.backend
+    }
+    /// The catalog name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The warehouse location.
+    pub fn warehouse(&self) -> &str {
+        &self.warehouse
+    }
+    /// The storage.
+    pub fn storage(&self) -> &StorageConfig {
+        &self.storage
+    }
+    /// Extra properties.
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.props
+    }
+
+    /// Parses a URI-style catalog string.
+    ///
+    /// | form | catalog |
+    /// |---|---|
+    /// | `sqlite:///abs/catalog.db?warehouse=/abs/wh` (or `sqlite:rel.db?...`) | SQL on SQLite |
+    /// | `postgres://user:pw@host:5432/db?warehouse=s3://bucket/wh` | SQL on PostgreSQL |
+    /// | `rest+http://host:8181?warehouse=wh` / `rest+https://...` | REST |
+    /// | `memory:?warehouse=/tmp/wh` | in-memory |
+    ///
+    /// Query parameters: `warehouse` (required), `catalog` (name), `s3.endpoint`,
+    /// `s3.region`, `s3.access-key-id`, `s3.secret-access-key`, `s3.session-token`,
+    /// `s3.path-style-access`, `s3.allow-anonymous` (any of these selects S3 storage),
+    /// `prop.<key>=<value>` (extra catalog property). For PostgreSQL, other
+    /// parameters (`sslmode`, ...) stay in the database URL. Values are percent-decoded.
+    ///
+    /// ```
+    /// use offload_sink_iceberg::{CatalogBackend, CatalogConfig, StorageConfig};
+    /// let c = CatalogConfig::from_uri(
+    ///     "sqlite:///tmp/cat.db?warehouse=s3://lake/wh&s3.endpoint=http://127.0.0.1:9000&s3.path-style-access=true&catalog=lake",
+    /// ).unwrap();
+    /// assert!(matches!(c.backend(), CatalogBackend::Sqlite { .. }));
+    /// assert_eq!(c.name(), "lake");
+    /// match c.storage() {
+    ///     StorageConfig::S3(s3) => assert!(s3.path_style_access),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(CatalogConfig::from_uri("mysql://x?warehouse=/w").is_err());
+    /// ```
+    pub fn from_uri(uri: &str) -> Result<Self, IcebergSinkError> {
+        let bad = |reason: String| IcebergSinkError::Config {
+            field: "catalog uri",
+            reason,
+        };
+        let (scheme, rest) = uri
+            .split_once(':')
+            .ok_or_else(|| bad("expected <scheme>:...".into()))?;
+        let (base, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (rest, ""),
+        };
+        let mut warehouse = None;
+        let mut name = None;
+        let mut s3 = S3Config::default();
+        let mut s3_set = false;
+        let mut props = BTreeMap::new();
+        let mut passthrough = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(k).map_err(&bad)?;
+            let value = percent_decode(v).map_err(&bad)?;
+            let flag = |v: &str| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on");
+            match key.as_str() {
+                "warehouse" => warehouse = Some(value),
+                "catalog" | "name" => name = Some(value),
+                "s3.endpoint" => (s3.endpoint, s3_set) = (Some(value), true),
+                "s3.region" => (s3.region, s3_set) = (Some(value), true),
+                "s3.access-key-id" => (s3.access_key_id, s3_set) = (Some(value), true),
+                "s3.secret-access-key" => (s3.secret_access_key, s3_set) = (Some(value), true),
+                "s3.session-token" => (s3.session_token, s3_set) = (Some(value), true),
+                "s3.path-style-access" => (s3.path_style_access, s3_set) = (flag(&value), true),
+                "s3.allow-anonymous" => (s3.allow_anonymous, s3_set) = (flag(&value), true),
+                k if k.starts_with("prop.") => {
+                    props.insert(k["prop.".len()..].to_owned(), value);
+                }
+                _ => passthrough.push(pair),
+            }
+        }
+        let warehouse = warehouse.ok_or_else(|| bad("missing the warehouse=<location> parameter".into()))?;
+        let backend = match scheme {
+            "sqlite" => {
+                let path = base.strip_prefix("//").unwrap_or(base);
+                if path.is_empty() {
+                    return Err(bad("sqlite: needs a database file path".into()));
+                }
+                CatalogBackend::Sqlite {
+                    path: PathBuf::from(percent_decode(path).map_err(&bad)?),
+                }
+            }
+            "postgres" | "postgresql" => {
+                let mut url = format!("{scheme}:{base}");
+                if !passthrough.is_empty() {
+                    url.push('?');
+                    url.push_str(&passthrough.join("&"));
+                }
+                passthrough.clear();
+                CatalogBackend::Postgres { url }
+            }
+            "rest+http" | "rest+https" => CatalogBackend::Rest {
+                uri: format!("{}:{base}", &scheme["rest+".len()..]),
+            },
+            "memory" => CatalogBackend::Memory,
+            other => {
+                return Err(bad(format!(
+                    "unknown scheme {other:?}: expected sqlite, postgres, rest+http(s) or memory"
+                )));
+            }
+        };
+        if let Some(p) = passthrough.first() {
+            let key = p.split_once('=').map_or(*p, |(k, _)| k);
+            return Err(bad(format!("unknown parameter {key:?}")));
+        }
+        let mut cfg = Self::new(backend, warehouse);
+        if let Some(name) = name {
+            cfg.name = name;
+        }
+        if s3_set {
+            cfg.storage = StorageConfig::S3(s3);
+        }
+        cfg.props = props;
+        Ok(cfg)
+    }
+}
+
+fn default_storage_for(warehouse: &str) -> StorageConfig {
+    if warehouse.starts_with("s3://") || warehouse.starts_with("s3a://") {
+        StorageConfig::S3(S3Config::default())
+    } else {
+        StorageConfig::LocalFs
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad percent-escape in {s:?}"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 after percent-decoding"))
+}
+
+fn redact_opt(v: &Option<String>) -> Option<&'static str> {
+    v.as_ref().map(|_| "<redacted>")
+}
+
+/// `scheme://user:password@host/...` -> `scheme://user:<redacted>@host/...`;
+/// query values are redacted too (they may carry tokens).
+pub(crate) fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    if userinfo.contains(':') {
+                        format!("{scheme}://{user}:<redacted>@{host}{path}")
+                    } else {
+                        format!("{scheme}://{user}@{host}{path}")
+                    }
+                }
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    if let Some(q) = query {
+        let keys: Vec<String> = q
+            .split('&')
+            .map(|p| format!("{}=<redacted>", p.split_once('=').map_or(p, |(k, _)| k)))
+            .collect();
+        out.push('?');
+        out.push_str(&keys.join("&"));
+    }
+    out
+}
+
+/// Everything the sink needs: the catalog plus write and commit settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use offload_sink_iceberg::{CatalogConfig, IcebergSinkConfig};
+/// let cfg = IcebergSinkConfig::new(CatalogConfig::sqlite("/tmp/c.db", "/tmp/wh"))
+///     .zstd_level(6)
+///     .target_file_size(64 << 20)
+///     .commit_timeout(Duration::from_secs(30));
+/// assert_eq!(cfg.get_zstd_level(), 6);
+/// assert!(cfg.validate().is_ok());
+/// assert!(cfg.clone().zstd_level(99).validate().is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct IcebergSinkConfig {
+    pub(crate) catalog: CatalogConfig,
+    pub(crate) default_namespace: String,
+    pub(crate) zstd_level: i32,
+    pub(crate) target_file_size: u64,
+    pub(crate) row_group_rows: usize,
+    pub(crate) writer_tasks: usize,
+    pub(crate) queue_depth: usize,
+    pub(crate) commit_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) orphan_grace: Duration,
+    pub(crate) check_duplicate_files: bool,
+}
+
+impl IcebergSinkConfig {
+    /// Defaults: zstd level 3, 128 MiB target files, 1 Mi-row row groups,
+    /// one background writer task, commit timeout 120 s, other catalog
+    /// operations 60 s, orphan grace period 24 h, namespace `default` for
+    /// unqualified table names, duplicate-file check off (see
+    /// [`check_duplicate_files`](Self::check_duplicate_files)).
+    pub fn new(catalog: CatalogConfig) -> Self {
+        Self {
+            catalog,
+            default_namespace: "default".into(),
+            zstd_level: 3,
+            target_file_size: 128 << 20,
+            row_group_rows: 1 << 20,
+            writer_tasks: 1,
+            queue_depth: 4,
+            commit_timeout: Duration::from_secs(120),
+            operation_timeout: Duration::from_secs(60),
+            orphan_grace: Duration::from_secs(24 * 3600),
+            check_duplicate_files: false,
+        }
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &CatalogConfig {
+        &self.catalog
+    }
+    /// zstd level for Parquet pages (1..=22, default 3).
+    pub fn zstd_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
+    }
+    /// The configured zstd level.
+    pub fn get_zstd_level(&self) -> i32 {
+        self.zstd_level
+    }
+    /// Size at which a data file is closed and the next one started (default 128 MiB).
+    pub fn target_file_size(mut self, bytes: u64) -> Self {
+        self.target_file_size = bytes;
+        self
+    }
+    /// Maximum rows per Parquet row group (default 1,048,576).
+    pub fn row_group_rows(mut self, rows: usize) -> Self {
+        self.row_group_rows = rows;
+        self
+    }
+    /// Background encoder tasks per run (default 1). Each owns its own files;
+    /// more tasks encode in parallel at the price of more, smaller files.
+    pub fn writer_tasks(mut self, n: usize) -> Self {
+        self.writer_tasks = n;
+        self
+    }
+    /// Batches queued per encoder task before `write` waits (default 4): the
+    /// back-pressure that bounds memory.
+    pub fn queue_depth(mut self, n: usize) -> Self {
+        self.queue_depth = n;
+        self
+    }
+    /// Namespace for sink table names without a dot (default `default`).
+    pub fn default_namespace(mut self, ns: impl Into<String>) -> Self {
+        self.default_namespace = ns.into();
+        self
+    }
+    /// Upper bound for one commit (default 120 s). A commit that times out
+    /// after reaching the catalog is reported as an unknown outcome.
+    pub fn commit_timeout(mut self, d: Duration) -> Self {
+        self.commit_timeout = d;
+        self
+    }
+    /// Upper bound for other catalog round trips (default 60 s).
+    pub fn operation_timeout(mut self, d: Duration) -> Self {
+        self.operation_timeout = d;
+        self
+    }
+    /// Files younger than this are never deleted by `cleanup` (default 24 h):
+    /// they may belong to a run that is still staging or committing. Keep it
+    /// well above the engine's lease TTL and longest run.
+    pub fn orphan_grace(mut self, d: Duration) -> Self {
+        self.orphan_grace = d;
+        self
+    }
+    /// Let iceberg re-read every manifest of the current snapshot on each commit
+    /// to refuse files already in the table (default off: the fence already makes
+    /// a second commit of the same staging impossible, and the check costs one
+    /// manifest read per earlier commit, on every commit).
+    pub fn check_duplicate_files(mut self, on: bool) -> Self {
+        self.check_duplicate_files = on;
+        self
+    }
+
+    /// Checks every value; [`IcebergSink::connect`](crate::IcebergSink::connect) calls it.
+    pub fn validate(&self) -> Result<(), IcebergSinkError> {
+        let bad = |field, reason: &str| {
+            Err(IcebergSinkError::Config {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if !(1..=22).contains(&self.zstd_level) {
+            return bad("zstd_level", "must be within 1..=22");
+        }
+        if self.target_file_size < 1 << 20 {
+            return bad("target_file_size", "must be at least 1 MiB");
+        }
+        if self.row_group_rows == 0 {
+            return bad("row_group_rows", "must be positive");
+        }
+        if !(1..=64).contains(&self.writer_tasks) {
+            return bad("writer_tasks", "must be within 1..=64");
+        }
+        if self.queue_depth == 0 {
+            return bad("queue_depth", "must be positive");
+        }
+        if self.commit_timeout.is_zero() || self.operation_timeout.is_zero() {
+            return bad("timeouts", "must be positive");
+        }
+        if self.default_namespace.is_empty() {
+            return bad("default_namespace", "must not be empty");
+        }
+        if self.catalog.name.trim().is_empty() {
+            return bad("catalog name", "must not be empty");
+        }
+        if self.catalog.warehouse.is_empty() {
+            return bad("warehouse", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_forms() {
+        let c = CatalogConfig::from_uri("sqlite:rel/cat.db?warehouse=/w%20x").unwrap();
+        assert_eq!(
+            c.backend(),
+            &CatalogBackend::Sqlite {
+                path: "rel/cat.db".into()
+            }
+        );
+        assert_eq!(c.warehouse(), "/w x");
+        assert_eq!(c.storage(), &StorageConfig::LocalFs);
+
+        let c = CatalogConfig::from_uri(
+            "postgres://u:pw@h:5432/db?sslmode=disable&warehouse=/w&prop.pool.max-connections=3",
+        )
+        .unwrap();
+        assert_eq!(
+            c.backend(),
+            &CatalogBackend::Postgres {
+                url: "postgres://u:pw@h:5432/db?sslmode=disable".into()
+            }
+        );
+        assert_eq!(c.properties()["pool.max-connections"], "3");
+
+        let c = CatalogConfig::from_uri("rest+https://cat.example/api?warehouse=lake").unwrap();
+        assert_eq!(
+            c.backend(),
+            &CatalogBackend::Rest {
+                uri: "https://cat.example/api".into()
+            }
+        );
+        assert!(CatalogConfig::from_uri("memory:?warehouse=/w").is_ok());
+        assert!(
+            CatalogConfig::from_uri("sqlite:x.db").is_err(),
+            "warehouse required"
+        );
+        assert!(CatalogConfig::from_uri("sqlite:x.db?warehouse=/w&bogus=1").is_err());
+    }
+
+    #[test]
+    fn debug_redacts_every_secret() {
+        let c = CatalogConfig::from_uri(
+            "postgres://u:hunter2@h/db?warehouse=s3://b/w&s3.secret-access-key=SECRETKEY&s3.session-token=TOKEN&prop.token=BEARER",
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        for secret in ["hunter2", "SECRETKEY", "TOKEN", "BEARER"] {
+            assert!(!d.contains(secret), "{secret} leaked in {d}");
+        }
+        assert!(d.contains("u:<redacted>@h"), "{d}");
+        let cfg = IcebergSinkConfig::new(c);
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert_eq!(redact_url("http://h/x?token=abc"), "http://h/x?token=<redacted>");
+    }
+}

@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod catalog;
+mod config;
+mod error;
+mod markers;
+mod schema;
+mod sink;
+mod writer;
+
+pub use config::{
+    CatalogBackend, CatalogConfig, DEFAULT_CATALOG_NAME, IcebergSinkConfig, S3Config, StorageConfig,
+};
+pub use error::IcebergSinkError;
+pub use markers::{
+    KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_WINDOW_AFTER,
+    SUMMARY_WINDOW_UNTIL,
+};
+pub use sink::IcebergSink;

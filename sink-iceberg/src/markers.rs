@@ -1,0 +1,134 @@
+//! The offload markers in table metadata: snapshot summary keys written with
+//! every commit, and table properties that survive snapshot expiry.
+
+use std::collections::HashMap;
+
+use iceberg::spec::{MAIN_BRANCH, SnapshotRef, TableMetadata};
+use offload_core::{CommitMetadata, CommittedWindow, RunId, Watermark};
+
+use crate::IcebergSinkError;
+
+/// Snapshot summary key: the window's exclusive lower bound (`"<micros>:<seq>"`).
+pub const SUMMARY_WINDOW_AFTER: &str = "offload.window.after";
+/// Snapshot summary key: the window's inclusive upper bound, i.e. the committed watermark.
+pub const SUMMARY_WINDOW_UNTIL: &str = "offload.window.until";
+/// Snapshot summary and table property key: the run that committed.
+pub const KEY_RUN_ID: &str = "offload.run-id";
+/// Snapshot summary and table property key: the engine that committed.
+pub const KEY_ENGINE_ID: &str = "offload.engine-id";
+/// Snapshot summary and table property key: the store lease's fencing token.
+pub const KEY_FENCING_TOKEN: &str = "offload.fencing-token";
+/// Table property key: the committed watermark (`"<micros>:<seq>"`), kept so it
+/// survives expiry of our snapshots and rewrites by other engines.
+pub const PROPERTY_WATERMARK: &str = "offload.watermark";
+
+/// Where a committed window was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The summary of this snapshot on main's ancestry.
+    Snapshot(i64),
+    /// The table properties (no snapshot of ours left on main's ancestry).
+    Properties,
+}
+
+/// The snapshot summary entries of a commit.
+pub(crate) fn summary(meta: &CommitMetadata) -> HashMap<String, String> {
+    HashMap::from([
+        (SUMMARY_WINDOW_AFTER.to_owned(), meta.window.after().to_string()),
+        (SUMMARY_WINDOW_UNTIL.to_owned(), meta.window.until().to_string()),
+        (KEY_RUN_ID.to_owned(), meta.run_id.to_string()),
+        (KEY_ENGINE_ID.to_owned(), meta.engine_id.clone()),
+        (KEY_FENCING_TOKEN.to_owned(), meta.fencing_token.to_string()),
+    ])
+}
+
+/// The table properties of a commit.
+pub(crate) fn properties(meta: &CommitMetadata) -> HashMap<String, String> {
+    HashMap::from([
+        (PROPERTY_WATERMARK.to_owned(), meta.window.until().to_string()),
+        (KEY_RUN_ID.to_owned(), meta.run_id.to_string()),
+        (KEY_ENGINE_ID.to_owned(), meta.engine_id.clone()),
+        (KEY_FENCING_TOKEN.to_owned(), meta.fencing_token.to_string()),
+    ])
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> IcebergSinkError {
+    IcebergSinkError::InvalidMarker {
+        key: key.to_owned(),
+        value: value.chars().take(64).collect(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn window_from(
+    map: &HashMap<String, String>,
+    watermark_key: &str,
+) -> Result<Option<CommittedWindow>, IcebergSinkError> {
+    let Some(w) = map.get(watermark_key) else {
+        return Ok(None);
+    };
+    let until: Watermark = w
+        .parse()
+        .map_err(|_| invalid(watermark_key, w, "expected \"<micros>:<sequence>\""))?;
+    let run_id = match map.get(KEY_RUN_ID) {
+        Some(r) => Some(
+            r.parse::<RunId>()
+                .map_err(|_| invalid(KEY_RUN_ID, r, "expected a UUID"))?,
+        ),
+        None => None,
+    };
+    let fencing_token = match map.get(KEY_FENCING_TOKEN) {
+        Some(t) => Some(
+            t.parse::<u64>()
+                .map_err(|_| invalid(KEY_FENCING_TOKEN, t, "expected an integer"))?,
+        ),
+        None => None,
+    };
+    Ok(Some(CommittedWindow {
+        until,
+        run_id,
+        engine_id: map.get(KEY_ENGINE_ID).cloned(),
+        fencing_token,
+    }))
+}
+
+/// main's ancestry, newest first. Stops at the first parent that is no longer
+/// in the metadata (expired) and never loops on corrupt metadata.
+fn main_ancestry(meta: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
+    let mut next = meta.snapshot_for_ref(MAIN_BRANCH);
+    let mut budget = meta.snapshots().len();
+    std::iter::from_fn(move || {
+        let s = next.take()?;
+        if budget == 0 {
+            return None;
+        }
+        budget -= 1;
+        next = s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id));
+        Some(s)
+    })
+}
+
+/// The committed window of a table state.
+///
+/// The nearest snapshot of ours on main's ancestry wins: snapshots are
+/// immutable, so the answer is a function of main's snapshot id alone, which
+/// is exactly what the catalog's `assert-ref-snapshot-id` requirement pins at
+/// commit time (the fencing argument in the README relies on this). Only when
+/// no snapshot of ours is reachable any more (expired after other engines
+/// rewrote the table) do the table properties answer.
+pub(crate) fn committed(meta: &TableMetadata) -> Result<Option<(CommittedWindow, Origin)>, IcebergSinkError> {
+    for s in main_ancestry(meta) {
+        if let Some(w) = window_from(&s.summary().additional_properties, SUMMARY_WINDOW_UNTIL)? {
+            return Ok(Some((w, Origin::Snapshot(s.snapshot_id()))));
+        }
+    }
+    Ok(window_from(meta.properties(), PROPERTY_WATERMARK)?.map(|w| (w, Origin::Properties)))
+}
+
+/// Whether `run_id` committed the table state: a snapshot on main's ancestry
+/// carries it, or the table properties name it as the last committer.
+pub(crate) fn contains_run(meta: &TableMetadata, run_id: RunId) -> bool {
+    let id = run_id.to_string();
+    main_ancestry(meta).any(|s| s.summary().additional_properties.get(KEY_RUN_ID) == Some(&id))
+        || meta.properties().get(KEY_RUN_ID) == Some(&id)
+}
