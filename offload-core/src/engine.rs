@@ -102,6 +102,7 @@ pub struct Offloader {
     concurrency: usize,
     stale_run_timeout: Duration,
     pipeline_depth: usize,
+    cleanup_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
 }
 
@@ -140,6 +141,13 @@ impl OffloaderBuilder {
     /// Batches read ahead of the sink, so reading and encoding overlap (default 4).
     pub fn pipeline_depth(mut self, n: usize) -> Self {
         self.inner.pipeline_depth = n;
+        self
+    }
+    /// How often [`Offloader::run_every`] asks the sink to delete orphaned
+    /// staged files left by crashes ([`Sink::cleanup`]; the sink decides what
+    /// is old enough to be safe). Default: at start-up and then hourly.
+    pub fn cleanup_interval(mut self, every: Option<Duration>) -> Self {
+        self.inner.cleanup_interval = every;
         self
     }
     /// Clock used for lag metrics (default the system clock).
@@ -197,6 +205,7 @@ impl Offloader {
                 concurrency: 4,
                 stale_run_timeout: Duration::from_secs(30 * 60),
                 pipeline_depth: 4,
+                cleanup_interval: Some(Duration::from_secs(3600)),
                 clock: Arc::new(SystemClock),
             },
         }
@@ -256,6 +265,7 @@ impl Offloader {
         F: FnMut(&[TableResult]),
     {
         let mut cycles = 0;
+        let mut last_cleanup: Option<Instant> = None;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -264,10 +274,35 @@ impl Offloader {
                 _ = shutdown.cancelled() => return cycles,
                 _ = ticker.tick() => {}
             }
+            if let Some(every) = self.cleanup_interval
+                && last_cleanup.is_none_or(|t| t.elapsed() >= every)
+            {
+                self.cleanup(tables).await;
+                last_cleanup = Some(Instant::now());
+            }
             let results = self.run_all(tables, shutdown).await;
             cycles += 1;
             on_cycle(&results);
         }
+    }
+
+    /// Asks the sink to delete orphaned staged files of every table (best effort:
+    /// failures are logged, never fatal). Returns how many files were removed.
+    pub async fn cleanup(&self, tables: &[TableConfig]) -> u64 {
+        let mut removed = 0;
+        for t in tables {
+            match self.sink.cleanup(t).await {
+                Ok(n) => {
+                    removed += n;
+                    metrics::orphans_removed(t.name(), n);
+                    if n > 0 {
+                        tracing::info!(table = t.name(), files = n, "removed orphaned staged files");
+                    }
+                }
+                Err(e) => tracing::warn!(table = t.name(), error = %e, "orphan cleanup failed"),
+            }
+        }
+        removed
     }
 
     async fn run(

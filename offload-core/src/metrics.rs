@@ -31,6 +31,13 @@ pub const LAST_SUCCESS_SECONDS: &str = "offload_last_success_timestamp_seconds";
 /// When the latest failed run finished (gauge, seconds since the epoch).
 pub const LAST_FAILURE_SECONDS: &str = "offload_last_failure_timestamp_seconds";
 
+/// Orphaned staged files deleted by cleanup (counter).
+pub const ORPHANS_REMOVED_TOTAL: &str = "offload_orphans_removed_total";
+
+pub(crate) fn orphans_removed(table: &str, n: u64) {
+    metrics::counter!(ORPHANS_REMOVED_TOTAL, "table" => table.to_owned()).increment(n);
+}
+
 fn epoch_seconds(t: SystemTime) -> f64 {
     crate::system_time_to_micros(t) as f64 / 1e6
 }

@@ -22,6 +22,31 @@ impl RunId {
     pub fn new() -> Self {
         RunId(uuid::Uuid::now_v7())
     }
+
+    /// The UUID itself, e.g. to name files.
+    ///
+    /// ```
+    /// let id = offload_core::RunId::new();
+    /// assert_eq!(id.as_uuid().to_string(), id.to_string());
+    /// ```
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+
+    /// When the run started (to the millisecond), from the UUIDv7 timestamp:
+    /// orphan cleanup uses it to leave young runs' files alone. `None` for an
+    /// id that did not come from [`RunId::new`] (a foreign UUID parsed from text).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let id = offload_core::RunId::new();
+    /// let age = SystemTime::now().duration_since(id.started_at().unwrap()).unwrap_or_default();
+    /// assert!(age < Duration::from_secs(60));
+    /// ```
+    pub fn started_at(&self) -> Option<std::time::SystemTime> {
+        let (secs, nanos) = self.0.get_timestamp()?.to_unix();
+        Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+    }
 }
 
 impl fmt::Display for RunId {
