@@ -1,0 +1,858 @@
+//! The ClickHouse layer: per-bucket figures computed by ClickHouse itself
+//! (one aggregation query, nothing but the result leaves the server), key
+//! listings for small differences, and Kafka offset gaps and duplicates.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::fingerprint::ContentKind;
+use crate::report::{ExactSum, Figures, OffsetRange};
+use crate::{Bucket, Error, TimeRange};
+
+/// ClickHouse as a reconciliation layer.
+///
+/// Takes a configured [`clickhouse::Client`] (URL, credentials, database,
+/// compression), so it works with whatever connection settings the rest of
+/// the deployment uses.
+///
+/// ```
+/// let layer = offload_reconcile::ClickHouseLayer::new(
+///     clickhouse::Client::default().with_url("http://localhost:8123"),
+/// );
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct ClickHouseLayer {
+    client: Client,
+}
+
+impl std::fmt::Debug for ClickHouseLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseLayer").finish_non_exhaustive()
+    }
+}
+
+/// A ClickHouse column type, reduced to what reconciliation needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChType {
+    /// The full type text, as `DESCRIBE` prints it.
+    pub text: String,
+    pub nullable: bool,
+    pub base: ChBase,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChBase {
+    Int {
+        signed: bool,
+        bits: u16,
+    },
+    Bool,
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    Float,
+    /// String and FixedString: hashed as stored.
+    Bytes,
+    /// Enum, IPv4, IPv6: hashed as their `toString` text (how they are offloaded).
+    Text,
+    DateTime,
+    DateTime64 {
+        precision: u8,
+    },
+    Date,
+    Other,
+}
+
+impl ChType {
+    pub(crate) fn parse(text: &str) -> ChType {
+        let mut t = text.trim();
+        let mut nullable = false;
+        loop {
+            if let Some(inner) = strip_wrapper(t, "LowCardinality") {
+                t = inner;
+            } else if let Some(inner) = strip_wrapper(t, "Nullable") {
+                nullable = true;
+                t = inner;
+            } else {
+                break;
+            }
+        }
+        let (name, args) = match t.split_once('(') {
+            Some((n, rest)) => (n.trim(), rest.strip_suffix(')').unwrap_or(rest)),
+            None => (t, ""),
+        };
+        let nums: Vec<u8> = args.split(',').filter_map(|a| a.trim().parse().ok()).collect();
+        let base = match name {
+            "Bool" => ChBase::Bool,
+            "Float32" | "Float64" | "BFloat16" => ChBase::Float,
+            "String" | "FixedString" => ChBase::Bytes,
+            "Enum8" | "Enum16" | "IPv4" | "IPv6" => ChBase::Text,
+            "DateTime" => ChBase::DateTime,
+            "DateTime64" => ChBase::DateTime64 {
+                precision: nums.first().copied().unwrap_or(3),
+            },
+            "Date" | "Date32" => ChBase::Date,
+            "Decimal" if nums.len() == 2 => ChBase::Decimal {
+                precision: nums[0],
+                scale: nums[1],
+            },
+            "Decimal32" | "Decimal64" | "Decimal128" | "Decimal256" if nums.len() == 1 => {
+                let precision = match name {
+                    "Decimal32" => 9,
+                    "Decimal64" => 18,
+                    "Decimal128" => 38,
+                    _ => 76,
+                };
+                ChBase::Decimal {
+                    precision,
+                    scale: nums[0],
+                }
+            }
+            n => match (n.strip_prefix("UInt"), n.strip_prefix("Int")) {
+                (Some(bits), _) => bits
+                    .parse()
+                    .map_or(ChBase::Other, |bits| ChBase::Int { signed: false, bits }),
+                (None, Some(bits)) => bits
+                    .parse()
+                    .map_or(ChBase::Other, |bits| ChBase::Int { signed: true, bits }),
+                _ => ChBase::Other,
+            },
+        };
+        ChType {
+            text: text.to_owned(),
+            nullable,
+            base,
+        }
+    }
+
+    /// The fingerprint encoding of the type, or why it has none.
+    pub(crate) fn content_kind(&self) -> Result<ContentKind, String> {
+        Ok(match self.base {
+            ChBase::Int {
+                bits: 8 | 16 | 32 | 64,
+                ..
+            }
+            | ChBase::Bool => ContentKind::Int,
+            ChBase::Int { .. } => return Err("integers wider than 64 bits have no exact Iceberg type".into()),
+            ChBase::Decimal { precision, scale } if precision <= 38 => ContentKind::Decimal { scale },
+            ChBase::Decimal { .. } => return Err("decimals above precision 38 have no Iceberg type".into()),
+            ChBase::Float => ContentKind::Float,
+            ChBase::Bytes | ChBase::Text => ContentKind::String,
+            ChBase::DateTime | ChBase::DateTime64 { .. } => ContentKind::Timestamp,
+            ChBase::Date => ContentKind::Date,
+            ChBase::Other => return Err("no fingerprint encoding for this type".into()),
+        })
+    }
+}
+
+fn strip_wrapper<'a>(t: &'a str, name: &str) -> Option<&'a str> {
+    t.strip_prefix(name)?
+        .trim_start()
+        .strip_prefix('(')?
+        .strip_suffix(')')
+}
+
+/// Quotes an identifier with backticks (backslash-escaping `` ` `` and `\`).
+pub(crate) fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('`');
+    for c in name.chars() {
+        if c == '`' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('`');
+    out
+}
+
+/// Quotes a table reference `table` or `db.table` (either part may already be
+/// backtick-quoted when it holds a dot).
+pub(crate) fn quote_table(text: &str) -> Result<String, Error> {
+    let bad = |reason: &str| Error::InvalidConfig {
+        field: "clickhouse table",
+        reason: format!("{:?}: {reason}", text.chars().take(64).collect::<String>()),
+    };
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'`') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(bad("unterminated backtick quote")),
+                    Some('\\') => part.push(chars.next().ok_or_else(|| bad("dangling backslash"))?),
+                    Some('`') if chars.peek() == Some(&'`') => {
+                        chars.next();
+                        part.push('`');
+                    }
+                    Some('`') => break,
+                    Some(c) => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        if part.is_empty() || part.chars().any(char::is_control) {
+            return Err(bad("empty name or control characters"));
+        }
+        parts.push(quote_ident(&part));
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => return Err(bad("expected `.` or the end after a quoted name")),
+        }
+    }
+    if parts.len() > 2 {
+        return Err(bad("expected `table` or `database.table`"));
+    }
+    Ok(parts.join("."))
+}
+
+/// What to compute for a table on the ClickHouse side.
+#[derive(Clone, Debug)]
+pub(crate) struct ChPlan {
+    pub table_sql: String,
+    pub ts: (String, ChType),
+    pub seq: (String, ChType),
+    pub content: Vec<(String, ChType, ContentKind)>,
+    pub sums: Vec<(String, ChType, ContentKind)>,
+    pub kafka_columns: Option<(String, String)>,
+    pub range: TimeRange,
+    /// Split every bucket at this watermark (`Some(None)`: nothing committed,
+    /// every row is beyond it; `None`: no split wanted).
+    pub split: Option<Option<offload_core::Watermark>>,
+    pub full: bool,
+}
+
+/// One row of the figures query, keyed by (bucket start, at or below the watermark).
+pub(crate) type ChFigures = BTreeMap<(i64, bool), Figures>;
+
+impl ChPlan {
+    /// `Int64` microseconds since the epoch, floored, of the timestamp column.
+    fn ts_us(&self) -> Result<String, Error> {
+        ts_micros_sql(&quote_ident(&self.ts.0), &self.ts.1).ok_or_else(|| Error::UnsupportedColumn {
+            column: self.ts.0.clone(),
+            type_name: self.ts.1.text.clone(),
+            role: "timestamp",
+            reason: "expected DateTime or DateTime64".into(),
+        })
+    }
+
+    fn seq_u(&self) -> Result<String, Error> {
+        let c = quote_ident(&self.seq.0);
+        match self.seq.1.base {
+            ChBase::Int {
+                signed: false,
+                bits: 8 | 16 | 32 | 64,
+            } => Ok(format!("toUInt64({c})")),
+            // Negative sequences wrap like `i64 as u64` in Rust.
+            ChBase::Int {
+                signed: true,
+                bits: 8 | 16 | 32 | 64,
+            } => Ok(format!("reinterpretAsUInt64(toInt64({c}))")),
+            _ => Err(Error::UnsupportedColumn {
+                column: self.seq.0.clone(),
+                type_name: self.seq.1.text.clone(),
+                role: "sequence",
+                reason: "expected an integer of at most 64 bits".into(),
+            }),
+        }
+    }
+
+    /// `WITH` aliases `__ts`, `__seq` and the range filter.
+    fn prelude(&self) -> Result<(String, String), Error> {
+        let with = format!("WITH {} AS __ts, {} AS __seq", self.ts_us()?, self.seq_u()?);
+        let mut filter = format!("__ts >= {} AND __ts < {}", self.range.start(), self.range.end());
+        // Also compare the raw column, so ClickHouse can use the primary key
+        // and partition pruning (exact for DateTime64 at any precision, since
+        // the edges are whole microseconds).
+        if let ChBase::DateTime64 { .. } = self.ts.1.base {
+            let c = quote_ident(&self.ts.0);
+            filter = format!(
+                "{c} >= fromUnixTimestamp64Micro(toInt64({}), 'UTC') AND {c} < fromUnixTimestamp64Micro(toInt64({}), 'UTC') AND {filter}",
+                self.range.start(),
+                self.range.end()
+            );
+        }
+        Ok((with, filter))
+    }
+
+    fn key_bytes_sql() -> &'static str {
+        "reinterpretAsFixedString(__ts), reinterpretAsFixedString(__seq)"
+    }
+
+    fn row_hash_sql(&self) -> String {
+        let mut parts = vec![Self::key_bytes_sql().to_owned()];
+        for (name, ty, kind) in &self.content {
+            parts.push(encode_sql(&quote_ident(name), ty, *kind));
+        }
+        format!("xxHash64(concat({}))", parts.join(", "))
+    }
+
+    fn committed_sql(&self) -> String {
+        match self.split {
+            None => "1".into(),
+            Some(None) => "0".into(),
+            Some(Some(w)) => format!(
+                "tuple(__ts, __seq) <= tuple(toInt64({}), toUInt64({}))",
+                w.timestamp_micros(),
+                w.sequence()
+            ),
+        }
+    }
+
+    pub(crate) fn figures_sql(&self) -> Result<String, Error> {
+        let (with, filter) = self.prelude()?;
+        let w = self.range.size().micros();
+        let mut cols = vec![
+            format!("__ts - positiveModulo(__ts, toInt64({w})) AS __bucket"),
+            format!("toUInt8({}) AS __committed", self.committed_sql()),
+            "count() AS __rows".to_owned(),
+        ];
+        if self.full {
+            cols.push("uniqExact(__ts, __seq) AS __distinct".into());
+            cols.push(match &self.kafka_columns {
+                Some((p, o)) => format!(
+                    "uniqExact(toInt32({}), toInt64({}))",
+                    quote_ident(p),
+                    quote_ident(o)
+                ),
+                None => "toUInt64(0)".into(),
+            });
+            cols.push(format!(
+                "sumWithOverflow(xxHash64(concat({})))",
+                Self::key_bytes_sql()
+            ));
+            cols.push(format!("sumWithOverflow({})", self.row_hash_sql()));
+            for (name, ty, kind) in &self.sums {
+                cols.push(sum_sql(&quote_ident(name), ty, *kind));
+            }
+        } else if let Some((p, o)) = &self.kafka_columns {
+            // Counting offsets is cheap and exact; keep it even in counts-only mode.
+            cols.push("toUInt64(0)".into());
+            cols.push(format!(
+                "uniqExact(toInt32({}), toInt64({}))",
+                quote_ident(p),
+                quote_ident(o)
+            ));
+        }
+        Ok(format!(
+            "{with} SELECT {} FROM {} WHERE {filter} GROUP BY __bucket, __committed ORDER BY __bucket, __committed",
+            cols.join(", "),
+            self.table_sql
+        ))
+    }
+
+    fn parse_figures(&self, tsv: &str) -> Result<ChFigures, Error> {
+        let mut out = ChFigures::new();
+        for line in tsv.lines().filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let num = |i: usize| -> Result<u64, Error> {
+                f.get(i).and_then(|v| v.parse().ok()).ok_or_else(|| Error::Parse {
+                    what: "ClickHouse figures",
+                    text: line.chars().take(200).collect(),
+                    reason: format!("field {i} is not an unsigned integer"),
+                })
+            };
+            let bucket: i64 = f
+                .first()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Parse {
+                    what: "ClickHouse figures",
+                    text: line.chars().take(200).collect(),
+                    reason: "bucket is not an integer".into(),
+                })?;
+            let committed = num(1)? == 1;
+            let mut fig = Figures::counted(num(2)?);
+            if self.full {
+                fig.distinct_keys = Some(num(3)?);
+                fig.distinct_offsets = self.kafka_columns.as_ref().map(|_| num(4)).transpose()?;
+                fig.key_fingerprint = Some(num(5)?);
+                fig.content_fingerprint = Some(num(6)?);
+                for (i, (name, _, kind)) in self.sums.iter().enumerate() {
+                    // ClickHouse returns the unscaled integer (value × 10^scale).
+                    let text = f.get(7 + i).copied().unwrap_or("");
+                    let unscaled = ExactSum::parse_scaled(text, 0)?.unscaled;
+                    fig.sums
+                        .insert(name.clone(), ExactSum::new(unscaled, kind.scale()));
+                }
+            } else if self.kafka_columns.is_some() {
+                fig.distinct_offsets = Some(num(4)?);
+            }
+            out.insert((bucket, committed), fig);
+        }
+        Ok(out)
+    }
+
+    /// Every key of one bucket with its row hash, sorted.
+    pub(crate) fn keys_sql(&self, bucket: Bucket, committed_only: bool) -> Result<String, Error> {
+        let (with, filter) = self.prelude()?;
+        let committed = if committed_only {
+            format!(" AND {}", self.committed_sql())
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "{with} SELECT __ts AS __rk_ts, __seq AS __rk_seq, {} AS __rk_hash FROM {} WHERE {filter} AND __ts >= {} AND __ts < {}{committed} ORDER BY __rk_ts, __rk_seq, __rk_hash",
+            self.row_hash_sql(),
+            self.table_sql,
+            bucket.start,
+            bucket.end
+        ))
+    }
+
+    /// Keys stored more than once in one bucket (ClickHouse's own duplicates).
+    pub(crate) fn duplicate_keys_sql(&self, bucket: Bucket, limit: usize) -> Result<String, Error> {
+        let (with, filter) = self.prelude()?;
+        Ok(format!(
+            "{with} SELECT __ts AS __rk_ts, __seq AS __rk_seq, count() AS __rk_copies FROM {} WHERE {filter} AND __ts >= {} AND __ts < {} GROUP BY __rk_ts, __rk_seq HAVING __rk_copies > 1 ORDER BY __rk_ts, __rk_seq LIMIT {limit}",
+            self.table_sql, bucket.start, bucket.end
+        ))
+    }
+
+    /// The distinct (partition, offset) pairs inside Kafka's `[lo, hi)` per partition.
+    fn offsets_subquery(&self, bounds: &BTreeMap<i32, (i64, i64)>, with_ts: bool) -> Result<String, Error> {
+        let (p, o) = self.kafka_columns.as_ref().ok_or_else(|| Error::InvalidConfig {
+            field: "kafka columns",
+            reason: "the ClickHouse table has no Kafka partition/offset columns".into(),
+        })?;
+        let parts: Vec<String> = bounds.keys().map(ToString::to_string).collect();
+        let los: Vec<String> = bounds.values().map(|b| b.0.to_string()).collect();
+        let his: Vec<String> = bounds.values().map(|b| b.1.to_string()).collect();
+        let ts = if with_ts {
+            format!(", {} AS __t", self.ts_us()?)
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "SELECT toInt32({}) AS __p, toInt64({}) AS __o, \
+             transform(__p, CAST([{}] AS Array(Int32)), CAST([{}] AS Array(Int64)), toInt64(0)) AS __lo, \
+             transform(__p, CAST([{}] AS Array(Int32)), CAST([{}] AS Array(Int64)), toInt64(0)) AS __hi{ts} \
+             FROM {} WHERE __o >= __lo AND __o < __hi",
+            quote_ident(p),
+            quote_ident(o),
+            parts.join(","),
+            los.join(","),
+            parts.join(","),
+            his.join(","),
+            self.table_sql
+        ))
+    }
+}
+
+/// `Int64` µs (floored) of a timestamp column expression.
+pub(crate) fn ts_micros_sql(c: &str, ty: &ChType) -> Option<String> {
+    match ty.base {
+        ChBase::DateTime64 { precision } if precision <= 6 => Some(format!("toUnixTimestamp64Micro({c})")),
+        // toUnixTimestamp64Micro truncates towards zero; the offload engine
+        // floors (towards the past), so floor explicitly.
+        ChBase::DateTime64 { .. } => Some(format!(
+            "intDiv(toUnixTimestamp64Nano({c}) - positiveModulo(toUnixTimestamp64Nano({c}), toInt64(1000)), toInt64(1000))"
+        )),
+        ChBase::DateTime => Some(format!("toInt64(toUnixTimestamp({c})) * 1000000")),
+        _ => None,
+    }
+}
+
+/// The `enc(v)` bytes of the fingerprint definition for one column.
+pub(crate) fn encode_sql(c: &str, ty: &ChType, kind: ContentKind) -> String {
+    let v = if ty.nullable {
+        format!("assumeNotNull({c})")
+    } else {
+        c.to_owned()
+    };
+    let payload = match kind {
+        ContentKind::Int => format!("reinterpretAsFixedString(toInt128({v}))"),
+        ContentKind::Decimal { scale } => {
+            format!("reinterpretAsFixedString(reinterpret(toDecimal128({v}, {scale}), 'Int128'))")
+        }
+        ContentKind::Float => format!("reinterpretAsFixedString(toFloat64({v}))"),
+        ContentKind::String => {
+            // FixedString keeps its zero padding (a CAST to String would strip it).
+            let s = if ty.base == ChBase::Text {
+                format!("toString({v})")
+            } else {
+                v.clone()
+            };
+            format!("reinterpretAsFixedString(toUInt64(length({s}))), {s}")
+        }
+        ContentKind::Timestamp => {
+            let us = ts_micros_sql(&v, ty).unwrap_or_else(|| format!("toInt64({v})"));
+            format!("reinterpretAsFixedString(toInt64({us}))")
+        }
+        ContentKind::Date => format!("reinterpretAsFixedString(toInt32({v}))"),
+    };
+    if ty.nullable {
+        format!("if(isNull({c}), char(0), concat(char(1), {payload}))")
+    } else {
+        format!("char(1), {payload}")
+    }
+}
+
+/// Exact sum of one column as the text of its unscaled integer.
+fn sum_sql(c: &str, _ty: &ChType, kind: ContentKind) -> String {
+    match kind {
+        ContentKind::Decimal { scale } => {
+            format!("toString(reinterpret(sum(toDecimal256({c}, {scale})), 'Int256'))")
+        }
+        _ => format!("toString(sum(toInt256({c})))"),
+    }
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+pub(crate) struct KeyRow {
+    #[serde(rename = "__rk_ts")]
+    pub ts: i64,
+    #[serde(rename = "__rk_seq")]
+    pub seq: u64,
+    #[serde(rename = "__rk_hash")]
+    pub hash: u64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct DupKeyRow {
+    #[serde(rename = "__rk_ts")]
+    ts: i64,
+    #[serde(rename = "__rk_seq")]
+    seq: u64,
+    #[serde(rename = "__rk_copies")]
+    copies: u64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct GapRow {
+    #[serde(rename = "__rk_p")]
+    p: i32,
+    #[serde(rename = "__rk_from")]
+    from: i64,
+    #[serde(rename = "__rk_to")]
+    to: i64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct TailRow {
+    #[serde(rename = "__rk_p")]
+    p: i32,
+    #[serde(rename = "__rk_max")]
+    max_offset: i64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct DupOffsetRow {
+    #[serde(rename = "__rk_p")]
+    p: i32,
+    #[serde(rename = "__rk_o")]
+    o: i64,
+    #[serde(rename = "__rk_copies")]
+    copies: u64,
+    #[serde(rename = "__rk_t")]
+    t: i64,
+}
+
+/// An offset stored more than once, with the (earliest) event time of its rows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DupOffset {
+    pub range: OffsetRange,
+    pub ts: i64,
+}
+
+impl ClickHouseLayer {
+    /// Wraps a configured client.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// A client for `url` (e.g. `http://localhost:8123`) with default settings.
+    ///
+    /// ```
+    /// let _ = offload_reconcile::ClickHouseLayer::from_url("http://localhost:8123");
+    /// ```
+    pub fn from_url(url: &str) -> Self {
+        Self::new(Client::default().with_url(url))
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn text(&self, sql: &str, context: &str) -> Result<String, Error> {
+        let mut cursor = self
+            .client
+            .query_raw(sql)
+            .fetch_bytes("TabSeparated")
+            .map_err(Error::clickhouse(context))?;
+        let bytes = cursor.collect().await.map_err(Error::clickhouse(context))?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| Error::Parse {
+            what: "ClickHouse response",
+            text: String::new(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `(name, type)` of every column of `table` (`table` or `db.table`).
+    pub(crate) async fn describe(&self, table: &str) -> Result<Vec<(String, ChType)>, Error> {
+        let sql = format!(
+            "DESCRIBE TABLE {} SETTINGS describe_include_subcolumns = 0",
+            quote_table(table)?
+        );
+        let text = self.text(&sql, &format!("describe {table}")).await?;
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let mut f = line.split('\t');
+            let (Some(name), Some(ty)) = (f.next(), f.next()) else {
+                return Err(Error::Parse {
+                    what: "DESCRIBE TABLE output",
+                    text: line.chars().take(200).collect(),
+                    reason: "expected name and type".into(),
+                });
+            };
+            out.push((tsv_unescape(name), ChType::parse(&tsv_unescape(ty))));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn figures(&self, plan: &ChPlan) -> Result<ChFigures, Error> {
+        let sql = plan.figures_sql()?;
+        let text = self.text(&sql, "per-bucket figures").await?;
+        plan.parse_figures(&text)
+    }
+
+    pub(crate) async fn keys(
+        &self,
+        plan: &ChPlan,
+        bucket: Bucket,
+        committed_only: bool,
+    ) -> Result<Vec<KeyRow>, Error> {
+        let sql = plan.keys_sql(bucket, committed_only)?;
+        self.client
+            .query_raw(&sql)
+            .fetch_all::<KeyRow>()
+            .await
+            .map_err(Error::clickhouse("list keys of a bucket"))
+    }
+
+    pub(crate) async fn duplicate_keys(
+        &self,
+        plan: &ChPlan,
+        bucket: Bucket,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64, u64)>, Error> {
+        let sql = plan.duplicate_keys_sql(bucket, limit)?;
+        let rows = self
+            .client
+            .query_raw(&sql)
+            .fetch_all::<DupKeyRow>()
+            .await
+            .map_err(Error::clickhouse("list duplicate keys"))?;
+        Ok(rows.into_iter().map(|r| (r.ts, r.seq, r.copies)).collect())
+    }
+
+    /// Offset ranges inside `bounds` (per partition `[lo, hi)`) that ClickHouse
+    /// does not hold, by partition and offset, at most `limit`. (The exact
+    /// number of missing messages per bucket comes from the figures; this only
+    /// names them.)
+    pub(crate) async fn offset_gaps(
+        &self,
+        plan: &ChPlan,
+        bounds: &BTreeMap<i32, (i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<OffsetRange>, Error> {
+        let live: BTreeMap<i32, (i64, i64)> = bounds
+            .iter()
+            .filter(|(_, b)| b.0 < b.1)
+            .map(|(p, b)| (*p, *b))
+            .collect();
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sub = plan.offsets_subquery(&live, false)?;
+        // Interior and leading gaps: the previous stored offset (or lo - 1 for
+        // the first) is more than one below the current one.
+        let sql = format!(
+            "SELECT __p AS __rk_p, __prev + 1 AS __rk_from, __o AS __rk_to FROM (\
+               SELECT __p, __o, ifNull(lagInFrame(toNullable(__o), 1) OVER \
+                 (PARTITION BY __p ORDER BY __o ASC ROWS BETWEEN 1 PRECEDING AND CURRENT ROW), __lo - 1) AS __prev \
+               FROM (SELECT DISTINCT __p, __o, __lo FROM ({sub}))\
+             ) WHERE __o > __prev + 1 ORDER BY __rk_p, __rk_from LIMIT {limit}"
+        );
+        let rows = self
+            .client
+            .query_raw(&sql)
+            .fetch_all::<GapRow>()
+            .await
+            .map_err(Error::clickhouse("find Kafka offset gaps"))?;
+        let mut gaps: Vec<OffsetRange> = rows
+            .into_iter()
+            .map(|r| OffsetRange {
+                partition: r.p,
+                start: r.from,
+                end: r.to,
+                copies: 0,
+            })
+            .collect();
+        // Trailing gaps and partitions with nothing stored at all.
+        let tails = self
+            .client
+            .query_raw(&format!(
+                "SELECT __p AS __rk_p, max(__o) AS __rk_max FROM ({sub}) GROUP BY __rk_p ORDER BY __rk_p"
+            ))
+            .fetch_all::<TailRow>()
+            .await
+            .map_err(Error::clickhouse("find the last stored Kafka offsets"))?;
+        let maxes: BTreeMap<i32, i64> = tails.into_iter().map(|r| (r.p, r.max_offset)).collect();
+        for (p, (lo, hi)) in &live {
+            let from = maxes.get(p).map_or(*lo, |m| m + 1);
+            if from < *hi {
+                gaps.push(OffsetRange {
+                    partition: *p,
+                    start: from,
+                    end: *hi,
+                    copies: 0,
+                });
+            }
+        }
+        gaps.sort_by_key(|g| (g.partition, g.start));
+        gaps.truncate(limit);
+        Ok(gaps)
+    }
+
+    /// Offsets inside `bounds` stored more than once, at most `limit`.
+    pub(crate) async fn offset_duplicates(
+        &self,
+        plan: &ChPlan,
+        bounds: &BTreeMap<i32, (i64, i64)>,
+        limit: usize,
+    ) -> Result<Vec<DupOffset>, Error> {
+        let live: BTreeMap<i32, (i64, i64)> = bounds
+            .iter()
+            .filter(|(_, b)| b.0 < b.1)
+            .map(|(p, b)| (*p, *b))
+            .collect();
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sub = plan.offsets_subquery(&live, true)?;
+        let sql = format!(
+            "SELECT __p AS __rk_p, __o AS __rk_o, count() AS __rk_copies, min(__t) AS __rk_t FROM ({sub}) \
+             GROUP BY __rk_p, __rk_o HAVING __rk_copies > 1 ORDER BY __rk_p, __rk_o LIMIT {limit}"
+        );
+        let rows = self
+            .client
+            .query_raw(&sql)
+            .fetch_all::<DupOffsetRow>()
+            .await
+            .map_err(Error::clickhouse("find duplicated Kafka offsets"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DupOffset {
+                range: OffsetRange {
+                    partition: r.p,
+                    start: r.o,
+                    end: r.o + 1,
+                    copies: r.copies,
+                },
+                ts: r.t,
+            })
+            .collect())
+    }
+}
+
+/// Undoes TabSeparated escaping (`\t`, `\n`, `\\`, `\'`, ...).
+fn tsv_unescape(s: &str) -> String {
+    if !s.contains('\\') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(o) => out.push(o),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_parse() {
+        let t = ChType::parse("LowCardinality(Nullable(String))");
+        assert!(t.nullable);
+        assert_eq!(t.base, ChBase::Bytes);
+        assert_eq!(
+            ChType::parse("Nullable(Decimal(18, 4))").content_kind().unwrap(),
+            ContentKind::Decimal { scale: 4 }
+        );
+        assert_eq!(
+            ChType::parse("Decimal128(38)").content_kind().unwrap(),
+            ContentKind::Decimal { scale: 38 }
+        );
+        assert_eq!(
+            ChType::parse("DateTime64(9, 'UTC')").base,
+            ChBase::DateTime64 { precision: 9 }
+        );
+        assert_eq!(ChType::parse("DateTime('Europe/Paris')").base, ChBase::DateTime);
+        assert_eq!(
+            ChType::parse("UInt64").base,
+            ChBase::Int {
+                signed: false,
+                bits: 64
+            }
+        );
+        assert_eq!(
+            ChType::parse("Enum8('a' = 1)").content_kind().unwrap(),
+            ContentKind::String
+        );
+        for bad in [
+            "UUID",
+            "Array(Int32)",
+            "Int256",
+            "Decimal256(2)",
+            "Map(String, String)",
+        ] {
+            assert!(ChType::parse(bad).content_kind().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tables_are_quoted() {
+        assert_eq!(quote_table("db.t").unwrap(), "`db`.`t`");
+        assert_eq!(quote_table("t").unwrap(), "`t`");
+        assert_eq!(quote_table("`a.b`.`c``d`").unwrap(), "`a.b`.`c\\`d`");
+        assert_eq!(quote_table("we`ird").unwrap(), "`we\\`ird`");
+        for bad in ["", "a.b.c", "a.", "`x", "a\nb"] {
+            assert!(quote_table(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tsv_unescaping() {
+        assert_eq!(tsv_unescape(r"Enum8(\'a\\b\' = 1)"), r"Enum8('a\b' = 1)");
+    }
+}
