@@ -127,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.dir)?;
     let dir = std::fs::canonicalize(&args.dir)?;
 
-    println!("starting ClickHouse (chdb {})", "26.x");
+    println!("starting ClickHouse (the real engine, chdb)");
     let front = Arc::new(ClickHouseFront::start());
     front.query("CREATE DATABASE market");
     let seeded = Instant::now();

@@ -1,0 +1,441 @@
+//! The reliability suite: kill the REAL `offload` program at every step of a
+//! run (deterministic fail points and random-time SIGKILLs), restart it while
+//! rows keep arriving inside the lag, race several workers on one table, pause
+//! one past its lease, and prove after each scenario that every ClickHouse row
+//! is in Iceberg exactly once and the store equals the table's committed
+//! watermark. See `reliability/README.md`.
+//!
+//! Soak: `OFFLOAD_SOAK_KILLS=200 cargo test -p offload-examples --test crash -- --nocapture soak`
+//! (`OFFLOAD_SOAK_SEED` replays a given sequence of kills).
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use offload_core::WatermarkStore;
+use support::{Catalog, Lake, Rng, SIGABRT, State, Store, kill_after};
+
+/// Base window, a crash at `point`, rows arriving while the program is down,
+/// restarts, then the judge.
+async fn crash_scenario(name: &str, catalog: Catalog, store: Store, point: &str, pyiceberg: bool) -> Lake {
+    let s = Lake::new(name, catalog, store);
+    s.insert(0, 3_000, 5, 10_000); // history, older than the lag
+    s.run_ok();
+    let base = s.state().await;
+    assert!(base.committed.is_some(), "[{name}] base window not committed");
+    assert_eq!(base.store, base.committed, "[{name}] base");
+
+    s.insert(3_000, 2_000, 5, 3_000); // the crashed run's window: 4 batches of 500
+    s.insert(5_000, 500, 5, 300); // inside the lag
+    s.crash_at(point);
+    let crashed = s.state().await;
+    match point.split('=').next().unwrap() {
+        "engine.after_commit" => {
+            assert!(
+                crashed.committed > base.committed,
+                "[{name}] commit not visible: {crashed:?}"
+            );
+            assert_eq!(
+                crashed.store, base.store,
+                "[{name}] store moved before its update"
+            );
+        }
+        "engine.after_store_update" => {
+            assert!(crashed.committed > base.committed, "[{name}] {crashed:?}");
+            assert_eq!(crashed.store, crashed.committed, "[{name}]");
+        }
+        _ => assert_eq!(
+            crashed, base,
+            "[{name}] a crash before the commit changed the table or store"
+        ),
+    }
+
+    // Rows that arrived while the program was down, inside the lag; restart.
+    s.insert(5_500, 700, 7, 1_000);
+    s.run_ok();
+    let restarted = s.state().await;
+    assert_eq!(restarted.store, restarted.committed, "[{name}] after restart");
+    assert!(
+        restarted.committed >= crashed.committed,
+        "[{name}] watermark went back"
+    );
+    s.insert(6_200, 500, 5, 0);
+    s.run_ok();
+
+    let v = s.verify(pyiceberg).await;
+    assert_eq!(v.rows, 6_700, "[{name}] rows in the source");
+    eprintln!(
+        "[{name}] OK: {} rows, {} windows, 0 lost, 0 duplicated",
+        v.rows, v.windows
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_lease() {
+    crash_scenario(
+        "after_lease",
+        Catalog::Sqlite,
+        Store::File,
+        "engine.after_lease",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_read() {
+    crash_scenario(
+        "mid_read",
+        Catalog::Sqlite,
+        Store::File,
+        "engine.read_batch=2",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_commit() {
+    crash_scenario(
+        "after_commit",
+        Catalog::Sqlite,
+        Store::File,
+        "engine.after_commit",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_store_update() {
+    crash_scenario(
+        "after_store_update",
+        Catalog::Sqlite,
+        Store::File,
+        "engine.after_store_update",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_commit_with_the_postgres_store() {
+    crash_scenario(
+        "pg_store",
+        Catalog::Sqlite,
+        Store::Postgres,
+        "engine.after_commit",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_commit_on_the_postgres_catalog() {
+    crash_scenario(
+        "pg_catalog",
+        Catalog::Postgres,
+        Store::Postgres,
+        "engine.after_commit",
+        true,
+    )
+    .await;
+}
+
+/// A crash between staging and commit leaves orphaned data files: invisible
+/// to readers, `offload --cleanup` exits 0 without touching the table (it only
+/// deletes orphans older than its 24 h grace), the sink's cleanup with no grace
+/// removes exactly the orphans, and later runs succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_commit_then_cleanup() {
+    let s = Lake::new("before_commit", Catalog::Sqlite, Store::File);
+    s.insert(0, 3_000, 5, 10_000);
+    s.run_ok();
+    let base = s.state().await;
+    let files_base = s.data_files().await;
+    assert!(files_base > 0);
+
+    s.insert(3_000, 2_000, 5, 3_000);
+    s.crash_at("engine.before_commit");
+    assert_eq!(
+        s.state().await,
+        base,
+        "a crash before the commit changed the table or store"
+    );
+    let files_crashed = s.data_files().await;
+    assert!(
+        files_crashed > files_base,
+        "the crashed run staged no files ({files_crashed} vs {files_base}): the scenario tests nothing"
+    );
+
+    let cleanup = s.command(&s.config(), None, &["--cleanup"]).output().unwrap();
+    assert!(
+        cleanup.status.success(),
+        "offload --cleanup: {}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    assert_eq!(s.state().await, base, "--cleanup changed the table or store");
+    assert!(s.data_files().await >= files_base);
+
+    let app = s.app().await;
+    let removed = app
+        .sink
+        .cleanup_orphans(&app.tables[0], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        removed as usize,
+        files_crashed - files_base,
+        "cleanup with no grace must remove exactly the crashed run's files"
+    );
+    assert_eq!(s.data_files().await, files_base);
+    assert_eq!(s.state().await, base);
+
+    s.insert(5_000, 700, 7, 1_000);
+    s.run_ok();
+    let v = s.verify(false).await;
+    assert_eq!(v.rows, 5_700);
+}
+
+/// Random kills on one table while rows keep arriving: a seeded mix of fail
+/// points and SIGKILLs at random times, then the judge. Default: 12 kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak() {
+    let target: u64 = std::env::var("OFFLOAD_SOAK_KILLS")
+        .ok()
+        .map(|v| v.parse().expect("OFFLOAD_SOAK_KILLS must be a whole number"))
+        .unwrap_or(12);
+    let seed: u64 = std::env::var("OFFLOAD_SOAK_SEED")
+        .ok()
+        .map(|v| v.parse().expect("OFFLOAD_SOAK_SEED must be a whole number"))
+        .unwrap_or(0x5eed);
+    let mut rng = Rng::new(seed);
+    let mut s = Lake::new("soak", Catalog::Sqlite, Store::File);
+    s.batch_size = 300;
+    let cfg = s.config();
+    let started = Instant::now();
+
+    s.insert(0, 3_000, 5, 10_000);
+    let t = Instant::now();
+    s.run_ok();
+    // Random kill times span a clean run's duration (and a little beyond).
+    let mut typical = t.elapsed();
+    let mut next_seq = 3_000u64;
+    let (mut kills, mut fp_kills, mut sig_kills, mut finished) = (0u64, 0u64, 0u64, 0u64);
+    let mut last = s.state().await;
+    let mut iteration = 0u64;
+    while kills < target {
+        iteration += 1;
+        assert!(
+            iteration <= target * 4 + 20,
+            "soak: {kills} kills in {iteration} iterations"
+        );
+        // Rows keep arriving, inside the lag.
+        // At most 200 ms of event time per burst, the oldest row at most 1.4 s
+        // old when it lands (lag 2 s): rows never arrive later than the lag.
+        let n = 100 + rng.below(600);
+        s.insert(next_seq, n, 1 + n / 200, rng.below(1_200) as i64);
+        next_seq += n;
+
+        let killed = if rng.below(10) < 6 {
+            let fp = match rng.below(5) {
+                0 => "engine.after_lease".to_owned(),
+                1 => format!("engine.read_batch={}", 1 + rng.below(3)),
+                2 => "engine.before_commit".to_owned(),
+                3 => "engine.after_commit".to_owned(),
+                _ => "engine.after_store_update".to_owned(),
+            };
+            let r = s.run(Some(&fp));
+            match r.signal() {
+                Some(SIGABRT) => {
+                    fp_kills += 1;
+                    true
+                }
+                // Not reached (nothing new, or fewer batches): a normal run.
+                None if r.status.success() => false,
+                _ => panic!("soak iteration {iteration} ({fp}): {}", r.describe()),
+            }
+        } else {
+            // Uniform over the shortest clean run seen: most kills land mid-run.
+            let delay = Duration::from_micros(rng.below(typical.as_micros() as u64));
+            let child = s.spawn(&cfg, None, "killed.log");
+            let (killed, status) = kill_after(child, delay);
+            assert!(
+                killed || status.success(),
+                "soak iteration {iteration}: run ended with {status:?} before its kill: {}",
+                std::fs::read_to_string(s.dir.join("killed.log")).unwrap_or_default()
+            );
+            sig_kills += u64::from(killed);
+            killed
+        };
+        kills += u64::from(killed);
+        finished += u64::from(!killed);
+
+        let now = s.state().await;
+        assert!(
+            now.store <= now.committed,
+            "soak {iteration}: store ahead of the table: {now:?}"
+        );
+        assert!(
+            now.committed >= last.committed,
+            "soak {iteration}: committed went back: {last:?} -> {now:?}"
+        );
+        assert!(
+            now.store >= last.store,
+            "soak {iteration}: store went back: {last:?} -> {now:?}"
+        );
+        last = now;
+        // Every other kill, a clean restart must make progress.
+        if killed && kills % 2 == 0 {
+            let t = Instant::now();
+            s.run_ok();
+            typical = typical.min(t.elapsed());
+            let now: State = s.state().await;
+            assert_eq!(
+                now.store, now.committed,
+                "soak {iteration}: after a clean restart"
+            );
+            last = now;
+        }
+    }
+    let v = s.verify(true).await;
+    assert_eq!(v.rows, next_seq);
+    println!(
+        "soak seed={seed}: kills={kills} (failpoints={fp_kills}, sigkill={sig_kills}), runs finished={finished}, \
+         windows={}, rows={}, duplicates={}, lost={}, {:.0}s",
+        v.windows,
+        v.rows,
+        v.duplicates,
+        v.lost,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `workers` `offload --once` processes (each its own engine id) on one table
+/// with the PostgreSQL store, several rounds: every window is committed by
+/// exactly one of them (committed windows reported == windows in the snapshot
+/// log, which chains without gaps or repeats), and the figures are exact.
+async fn racing(workers: usize) {
+    let mut s = Lake::new(&format!("race{workers}"), Catalog::Sqlite, Store::Postgres);
+    s.engine_id = None;
+    let cfg = s.config();
+    // History older than the lag, then each round rows inside the lag (never
+    // older than the lag when they arrive: that is the contract).
+    s.insert(0, 2_000, 5, 5_000);
+    let mut next = 2_000;
+    let mut reported = 0;
+    for round in 0..3 {
+        s.insert(next, 500, 1, 0);
+        next += 500;
+        let children: Vec<_> = (0..workers)
+            .map(|w| s.spawn(&cfg, None, &format!("race-{round}-{w}.log")))
+            .collect();
+        for (w, mut c) in children.into_iter().enumerate() {
+            let status = c.wait().unwrap();
+            let log = std::fs::read_to_string(s.dir.join(format!("race-{round}-{w}.log"))).unwrap();
+            assert!(status.success(), "round {round} worker {w}: {status:?}\n{log}");
+            reported += log
+                .lines()
+                .filter(|l| l.starts_with("trades: ") && l.contains(" rows in "))
+                .count();
+        }
+    }
+    assert!(reported >= 1, "no round committed anything");
+    eprintln!("[race{workers}] {reported} windows committed by {workers} racing workers over 3 rounds");
+    assert_eq!(
+        s.window_chain().await,
+        reported,
+        "windows in the table vs windows the workers reported"
+    );
+    let v = s.verify(false).await;
+    assert_eq!(v.rows, next);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_two_workers() {
+    racing(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_four_workers() {
+    racing(4).await;
+}
+
+/// A worker paused (SIGSTOP) while it holds the lease, past the lease's expiry;
+/// another worker takes the table over and commits; the first one resumed
+/// (SIGCONT) must not commit its stale window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_cannot_commit_a_stale_window() {
+    let mut s = Lake::new("paused", Catalog::Sqlite, Store::Postgres);
+    s.lease_ttl = "2s".into();
+    s.batch_size = 1_000;
+    s.insert(0, 60_000, 5, 5_000);
+    let cfg_a = s.write_config("a.toml", "2s", Some("worker-a"));
+    let cfg_b = s.write_config("b.toml", "2s", Some("worker-b"));
+    let store = offload_watermark_store::PostgresStore::connect(&support::pg_url(), &s.pg_schema)
+        .await
+        .unwrap();
+
+    let mut a = s.spawn(&cfg_a, None, "a.log");
+    // Wait for the condition "worker-a holds the lease", then freeze it.
+    loop {
+        if let Some(status) = a.try_wait().unwrap() {
+            panic!(
+                "worker-a finished ({status:?}) before it could be paused: make its window larger\n{}",
+                std::fs::read_to_string(s.dir.join("a.log")).unwrap_or_default()
+            );
+        }
+        if s.lease_holder(&store).await.as_deref() == Some("worker-a") {
+            break;
+        }
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) }, 0);
+    let before = s.state().await;
+
+    // Wait for the condition "the lease has expired" (the store's clock is this machine's).
+    loop {
+        let lease = store.load("trades").await.unwrap().lease.expect("a lease");
+        if lease.expires_at + Duration::from_millis(100) < SystemTime::now() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.insert(60_000, 500, 5, 300);
+    let b = s.run_with_config(&cfg_b);
+    assert!(b.status.success(), "worker-b: {}", b.describe());
+    assert!(
+        b.stdout.contains(" rows in "),
+        "worker-b committed nothing: {}",
+        b.describe()
+    );
+    let taken_over = s.state().await;
+    assert!(taken_over.committed > before.committed);
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGCONT) }, 0);
+    let status = a.wait().unwrap();
+    let log_a = std::fs::read_to_string(s.dir.join("a.log")).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "worker-a resumed after losing its lease must fail its run:\n{log_a}"
+    );
+    assert!(
+        !log_a.contains(" rows in "),
+        "worker-a reported a commit:\n{log_a}"
+    );
+    for line in log_a.lines().filter(|l| l.contains("FAILED")) {
+        eprintln!("[paused] worker-a after SIGCONT: {line}");
+    }
+    let after = s.state().await;
+    assert_eq!(
+        after, taken_over,
+        "worker-a changed the table or store after losing its lease"
+    );
+    store.close().await;
+
+    let v = s.verify(false).await;
+    assert_eq!(v.rows, 60_500);
+}

@@ -1,0 +1,568 @@
+//! Shared fixture of the reliability suite (`crash.rs`, `hostile.rs`): one real
+//! ClickHouse engine (chdb behind the testkit's HTTP front) per test binary, a
+//! scenario = one ClickHouse database + one Iceberg catalog + one watermark
+//! store, the REAL `offload` binary run as a child process (optionally with a
+//! fail point armed), and the judge: exact figures and per-key checks between
+//! ClickHouse's source table and the Iceberg table (read back by ClickHouse's
+//! `icebergLocal` and by pyiceberg), the window chain in the snapshot log, and
+//! store == the table's committed watermark.
+#![allow(dead_code)] // each test binary uses its own part of the fixture
+
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use offload_core::{Watermark, WatermarkStore};
+use offload_examples::app::App;
+use offload_examples::config::Config;
+use offload_testkit::{ClickHouseFront, repo_root, venv_python};
+
+/// Exact figures, in the order `lake_figures.py` prints them.
+pub const FIGURES: &str = "count(), uniqExact(ts, seq), sum(toInt128(toUnixTimestamp64Micro(toDateTime64(ts, 6)))), \
+    sum(toInt128(seq)), sum(toInt128(toDecimal128(price, 8) * 100000000)), sum(length(conditions)), \
+    sum(length(mapKeys(vendor))), countIf(trade_id IS NULL)";
+
+pub const SIGABRT: i32 = 6;
+pub const SIGKILL: i32 = 9;
+
+/// One ClickHouse engine for the whole test binary (starting chdb costs
+/// seconds). The front exits when this process's end closes its stdin.
+pub fn front() -> &'static ClickHouseFront {
+    static FRONT: OnceLock<ClickHouseFront> = OnceLock::new();
+    FRONT.get_or_init(ClickHouseFront::start)
+}
+
+pub fn pg_url() -> String {
+    std::env::var("OFFLOAD_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Where the Iceberg catalog lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Catalog {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the watermarks and leases live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    File,
+    Postgres,
+}
+
+/// The (store, sink) watermarks of the scenario's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State {
+    pub store: Option<Watermark>,
+    pub committed: Option<Watermark>,
+}
+
+/// What the judge found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub rows: u64,
+    pub windows: usize,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+/// How one run of the program ended.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(o: Output) -> Self {
+        Run {
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    pub fn signal(&self) -> Option<i32> {
+        self.status.signal()
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// One scenario: a source table `<db>.trades`, an Iceberg table `lake.trades`,
+/// a store, and a config file for the program.
+pub struct Lake {
+    pub name: String,
+    pub db: String,
+    pub dir: PathBuf,
+    pub catalog: Catalog,
+    pub store: Store,
+    pub catalog_name: String,
+    pub pg_schema: String,
+    pub lag: String,
+    pub lease_ttl: String,
+    pub batch_size: usize,
+    pub engine_id: Option<String>,
+}
+
+impl Lake {
+    pub fn new(name: &str, catalog: Catalog, store: Store) -> Self {
+        let runs = repo_root().join(".run");
+        std::fs::create_dir_all(&runs).unwrap();
+        // Under the repository: chdb's icebergLocal reads below its working directory.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rel-{name}-"))
+            .tempdir_in(runs)
+            .unwrap()
+            .keep();
+        let unique = format!("{name}_{}", std::process::id());
+        let db = format!("rel_{unique}");
+        let f = front();
+        f.query(&format!("CREATE DATABASE {db}"));
+        f.query(&format!(
+            "CREATE TABLE {db}.trades (ts DateTime64(3, 'UTC'), seq UInt64, symbol LowCardinality(String),
+                price Decimal(18, 8), conditions Array(String), vendor Map(String, String),
+                trade_id Nullable(String)) ENGINE = MergeTree ORDER BY (ts, seq)"
+        ));
+        Lake {
+            name: name.to_owned(),
+            db,
+            dir,
+            catalog,
+            store,
+            catalog_name: format!("rel_{unique}"),
+            pg_schema: format!("offload_rel_{unique}"),
+            lag: "2s".into(),
+            lease_ttl: "5m".into(),
+            batch_size: 500,
+            engine_id: Some("crash-suite".into()),
+        }
+    }
+
+    fn catalog_uri(&self) -> String {
+        match self.catalog {
+            Catalog::Sqlite => format!("sqlite://{}/catalog.db", self.dir.display()),
+            Catalog::Postgres => pg_url(),
+        }
+    }
+
+    /// The program's configuration as TOML text.
+    pub fn config_text(&self, lag: &str, engine_id: Option<&str>) -> String {
+        let store = match self.store {
+            Store::File => format!("kind = \"file\"\npath = \"{}/watermarks\"", self.dir.display()),
+            Store::Postgres => format!(
+                "kind = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"",
+                pg_url(),
+                self.pg_schema
+            ),
+        };
+        let engine = engine_id
+            .map(|id| format!("engine_id = \"{id}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "{engine}lease_ttl = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
+             [catalog]\nuri = \"{}\"\nwarehouse = \"{}/warehouse\"\nname = \"{}\"\n[store]\n{store}\n\
+             [[tables]]\nname = \"trades\"\nsink_table = \"lake.trades\"\ntimestamp_column = \"ts\"\n\
+             sequence_column = \"seq\"\nlag = \"{lag}\"\nbatch_size = {}\n",
+            self.lease_ttl,
+            front().url(),
+            self.db,
+            self.catalog_uri(),
+            self.dir.display(),
+            self.catalog_name,
+            self.batch_size,
+        )
+    }
+
+    /// Writes a config file (the scenario's engine id unless `engine_id` says otherwise).
+    pub fn write_config(&self, file: &str, lag: &str, engine_id: Option<&str>) -> PathBuf {
+        let path = self.dir.join(file);
+        let id = engine_id.or(self.engine_id.as_deref());
+        std::fs::write(&path, self.config_text(lag, id)).unwrap();
+        path
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.write_config("offload.toml", &self.lag.clone(), None)
+    }
+
+    /// `n` rows, `per_ts` sharing each millisecond, the newest `newest_ms_ago` old.
+    pub fn insert(&self, first_seq: u64, n: u64, per_ts: u64, newest_ms_ago: i64) {
+        front().query(&format!(
+            "INSERT INTO {}.trades SELECT now64(3, 'UTC') - toIntervalMillisecond({newest_ms_ago} + intDiv({n} - 1 - number, {per_ts})),
+                {first_seq} + number, ['BTC', 'ETH', 'SOL'][number % 3 + 1], toDecimal64(100 + number / 1000, 8),
+                if(number % 4 = 0, ['late', 'odd'], []), map('venue', 'x', 'n', toString(number % 7)),
+                if(number % 5 = 0, NULL, toString(number)) FROM numbers({n})",
+            self.db
+        ));
+    }
+
+    /// The program with `--config <config>`, fail points armed by `failpoints`.
+    pub fn command(&self, config: &Path, failpoints: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_offload"));
+        cmd.arg("--config").arg(config).args(args);
+        cmd.env_remove("OFFLOAD_FAILPOINTS");
+        if let Some(fp) = failpoints {
+            cmd.env("OFFLOAD_FAILPOINTS", fp);
+        }
+        cmd
+    }
+
+    /// Runs `offload --once` to its end.
+    pub fn run(&self, failpoints: Option<&str>) -> Run {
+        let cfg = self.config();
+        Run::from_output(self.command(&cfg, failpoints, &["--once"]).output().unwrap())
+    }
+
+    /// Runs `offload --once` with another config file.
+    pub fn run_with_config(&self, config: &Path) -> Run {
+        Run::from_output(self.command(config, None, &["--once"]).output().unwrap())
+    }
+
+    /// Runs `offload --once` and requires success.
+    pub fn run_ok(&self) -> Run {
+        let r = self.run(None);
+        assert!(
+            r.status.success(),
+            "[{}] offload --once failed: {}",
+            self.name,
+            r.describe()
+        );
+        assert!(
+            !r.stdout.contains("skipped"),
+            "[{}] run skipped: {}",
+            self.name,
+            r.describe()
+        );
+        r
+    }
+
+    /// Runs `offload --once` with `failpoint` armed and requires it to abort there.
+    pub fn crash_at(&self, failpoint: &str) -> Run {
+        let r = self.run(Some(failpoint));
+        assert_eq!(
+            r.signal(),
+            Some(SIGABRT),
+            "[{}] fail point {failpoint} did not abort the program (is the `failpoints` feature \
+             compiled into the test build of `offload`?): {}",
+            self.name,
+            r.describe()
+        );
+        let point = failpoint.split('=').next().unwrap();
+        assert!(
+            r.stderr.contains(&format!("failpoint {point} reached")),
+            "{}",
+            r.describe()
+        );
+        r
+    }
+
+    /// Spawns `offload --once` with its output in `<dir>/<log>`.
+    pub fn spawn(&self, config: &Path, failpoints: Option<&str>, log: &str) -> Child {
+        let out = File::create(self.dir.join(log)).unwrap();
+        self.command(config, failpoints, &["--once"])
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs with no hold-back until there is nothing new (rows stopped arriving).
+    pub fn drain(&self) {
+        let cfg = self.write_config("drain.toml", "0s", None);
+        for _ in 0..20 {
+            let r = Run::from_output(self.command(&cfg, None, &["--once"]).output().unwrap());
+            assert!(
+                r.status.success(),
+                "[{}] drain failed: {}",
+                self.name,
+                r.describe()
+            );
+            if r.stdout.contains("nothing new") {
+                return;
+            }
+        }
+        panic!("[{}] drain did not reach `nothing new` in 20 runs", self.name);
+    }
+
+    pub async fn app(&self) -> App {
+        let cfg = Config::parse(&self.config_text(&self.lag, self.engine_id.as_deref())).unwrap();
+        App::build(&cfg).await.unwrap()
+    }
+
+    /// The store's and the table's committed watermarks.
+    pub async fn state(&self) -> State {
+        let app = self.app().await;
+        let committed = offload_core::Sink::committed(app.sink.as_ref(), &app.tables[0])
+            .await
+            .unwrap()
+            .map(|c| c.until);
+        let store = match self.store {
+            Store::File => {
+                offload_watermark_store::FileStore::open(self.dir.join("watermarks"))
+                    .unwrap()
+                    .load("trades")
+                    .await
+                    .unwrap()
+                    .watermark
+            }
+            Store::Postgres => {
+                let s = offload_watermark_store::PostgresStore::connect(&pg_url(), &self.pg_schema)
+                    .await
+                    .unwrap();
+                let w = s.load("trades").await.unwrap().watermark;
+                s.close().await;
+                w
+            }
+        };
+        State { store, committed }
+    }
+
+    /// The lease holder recorded in the store, if any.
+    pub async fn lease_holder(&self, store: &offload_watermark_store::PostgresStore) -> Option<String> {
+        store.load("trades").await.unwrap().lease.map(|l| l.holder)
+    }
+
+    /// The Iceberg table's directory (for `icebergLocal`) once it exists.
+    pub async fn table_path(&self) -> String {
+        let app = self.app().await;
+        let t = app.sink.load_table(&app.tables[0]).await.unwrap();
+        t.metadata().location().trim_start_matches("file://").to_owned()
+    }
+
+    /// `.parquet` files under the table's data directory.
+    pub async fn data_files(&self) -> usize {
+        fn walk(p: &Path, n: &mut usize) {
+            let Ok(rd) = std::fs::read_dir(p) else { return };
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, n);
+                } else if path.extension().is_some_and(|x| x == "parquet") {
+                    *n += 1;
+                }
+            }
+        }
+        let mut n = 0;
+        walk(&Path::new(&self.table_path().await).join("data"), &mut n);
+        n
+    }
+
+    /// The offload windows in the snapshot log, in commit order: every
+    /// snapshot's window must start exactly where the previous one ended (a
+    /// window committed twice, or a gap, breaks the chain), and no run id twice.
+    pub async fn window_chain(&self) -> usize {
+        let app = self.app().await;
+        let t = app.sink.load_table(&app.tables[0]).await.unwrap();
+        let mut snaps: Vec<_> = t.metadata().snapshots().collect();
+        snaps.sort_by_key(|s| s.sequence_number());
+        let mut prev_until: Option<String> = None;
+        let mut runs = std::collections::HashSet::new();
+        let mut windows = 0;
+        for s in snaps {
+            let p = &s.summary().additional_properties;
+            let (Some(after), Some(until)) = (p.get("offload.window.after"), p.get("offload.window.until"))
+            else {
+                continue;
+            };
+            if let Some(prev) = &prev_until {
+                assert_eq!(
+                    after,
+                    prev,
+                    "[{}] window chain broken at snapshot {}: starts at {after}, previous ended at {prev}",
+                    self.name,
+                    s.snapshot_id()
+                );
+            }
+            if let Some(run) = p.get("offload.run-id") {
+                assert!(
+                    runs.insert(run.clone()),
+                    "[{}] run {run} committed twice",
+                    self.name
+                );
+            }
+            prev_until = Some(until.clone());
+            windows += 1;
+        }
+        windows
+    }
+
+    fn ch(&self, sql: &str) -> String {
+        front().query(sql).trim().to_owned()
+    }
+
+    /// Drains, then judges: figures (ClickHouse vs icebergLocal, and pyiceberg
+    /// when `pyiceberg`), per-key lost / duplicated / unknown rows, the window
+    /// chain, and store == committed.
+    pub async fn verify(&self, pyiceberg: bool) -> Verdict {
+        self.drain();
+        let path = self.table_path().await;
+        let expected = self.ch(&format!("SELECT {FIGURES} FROM {}.trades FORMAT TSV", self.db));
+        let ice = format!("icebergLocal('{path}')");
+        let lost: u64 = self
+            .ch(&format!(
+                "SELECT count() FROM {}.trades WHERE seq NOT IN (SELECT seq FROM {ice})",
+                self.db
+            ))
+            .parse()
+            .unwrap();
+        let duplicates: u64 = self
+            .ch(&format!("SELECT count() - uniqExact(seq) FROM {ice}"))
+            .parse()
+            .unwrap();
+        let unknown: u64 = self
+            .ch(&format!(
+                "SELECT count() FROM {ice} WHERE seq NOT IN (SELECT seq FROM {}.trades)",
+                self.db
+            ))
+            .parse()
+            .unwrap();
+        let rows: u64 = self
+            .ch(&format!("SELECT count() FROM {}.trades", self.db))
+            .parse()
+            .unwrap();
+        let source_dups: u64 = self
+            .ch(&format!(
+                "SELECT count() - uniqExact(seq) FROM {}.trades",
+                self.db
+            ))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            source_dups, 0,
+            "[{}] test bug: the source has duplicate seqs",
+            self.name
+        );
+        assert_eq!(
+            (lost, duplicates, unknown),
+            (0, 0, 0),
+            "[{}] per key: (lost, duplicated, not in source) of {rows} rows",
+            self.name
+        );
+        let got = self.ch(&format!("SELECT {FIGURES} FROM {ice} FORMAT TSV"));
+        assert_eq!(
+            got, expected,
+            "[{}] figures: icebergLocal vs ClickHouse",
+            self.name
+        );
+        if pyiceberg {
+            assert_eq!(
+                self.pyiceberg_figures(),
+                expected,
+                "[{}] figures: pyiceberg",
+                self.name
+            );
+        }
+        let windows = self.window_chain().await;
+        let state = self.state().await;
+        assert!(
+            state.committed.is_some() || rows == 0,
+            "[{}] nothing committed",
+            self.name
+        );
+        assert_eq!(
+            state.store, state.committed,
+            "[{}] store vs the table's committed watermark",
+            self.name
+        );
+        Verdict {
+            rows,
+            windows,
+            lost,
+            duplicates,
+        }
+    }
+
+    pub fn pyiceberg_figures(&self) -> String {
+        let uri = match self.catalog {
+            Catalog::Postgres => pg_url().replace("postgres://", "postgresql+psycopg2://"),
+            Catalog::Sqlite => format!("sqlite:///{}/catalog.db", self.dir.display()),
+        };
+        let out = Command::new(venv_python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_figures.py"))
+            .args([
+                &uri,
+                &self.catalog_name,
+                "lake.trades",
+                &format!("{}/warehouse", self.dir.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Lake {
+    fn drop(&mut self) {
+        if self.store == Store::Postgres {
+            let _ = Command::new("psql")
+                .args([
+                    &pg_url(),
+                    "-qc",
+                    &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.pg_schema),
+                ])
+                .output();
+        }
+        if std::thread::panicking() {
+            eprintln!("[{}] kept for inspection: {}", self.name, self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            // Best effort: the shared engine holds many scenarios' databases.
+            let _ =
+                std::panic::catch_unwind(|| front().query(&format!("DROP DATABASE IF EXISTS {}", self.db)));
+        }
+    }
+}
+
+/// A small seeded generator (splitmix64): the same seed replays the same kills.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Spawns `offload`, lets it run `delay`, then SIGKILLs it. Returns whether the
+/// kill landed (false: the run had already finished, with its status).
+pub fn kill_after(mut child: Child, delay: Duration) -> (bool, ExitStatus) {
+    let started = Instant::now();
+    // The kill time is the experiment's random variable, not synchronisation:
+    // poll so a run that ends early is seen as finished rather than killed.
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (false, status);
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= delay {
+            break;
+        }
+        std::thread::sleep((delay - elapsed).min(Duration::from_millis(5)));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    (status.signal() == Some(SIGKILL), status)
+}
