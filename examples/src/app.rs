@@ -66,8 +66,11 @@ impl App {
             }
         }
         let source = Arc::new(source.build()?);
-        let sink =
-            Arc::new(IcebergSink::connect(IcebergSinkConfig::new(catalog_config(&cfg.catalog)?)).await?);
+        let mut sink_cfg = IcebergSinkConfig::new(catalog_config(&cfg.catalog)?);
+        if let Some(grace) = cfg.catalog.orphan_grace {
+            sink_cfg = sink_cfg.orphan_grace(grace.0);
+        }
+        let sink = Arc::new(IcebergSink::connect(sink_cfg).await?);
         let store: Arc<dyn WatermarkStore> = match &cfg.store {
             StoreSection::File { path } => Arc::new(FileStore::open(path)?),
             StoreSection::Postgres {

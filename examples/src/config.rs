@@ -17,6 +17,7 @@
 //! [catalog]
 //! uri = "sqlite:///var/lib/offload/catalog.db"   # or postgres://...
 //! warehouse = "/var/lib/offload/warehouse"
+//! orphan_grace = "24h"        # cleanup leaves younger staged files alone
 //!
 //! [store]
 //! kind = "file"                 # or "postgres"
@@ -215,6 +216,9 @@ pub struct CatalogSection {
     pub name: Option<String>,
     /// Environment variable with the catalog database's password.
     pub password_env: Option<String>,
+    /// Staged files younger than this are never deleted by cleanup, so a run
+    /// still writing is safe (default 24h). Must exceed your longest run.
+    pub orphan_grace: Option<HumanDuration>,
 }
 
 /// `[store]`.

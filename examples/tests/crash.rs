@@ -145,7 +145,7 @@ async fn crash_after_commit_on_the_postgres_catalog() {
 
 /// A crash between staging and commit leaves orphaned data files: invisible
 /// to readers, `offload --cleanup` exits 0 without touching the table (it only
-/// deletes orphans older than its 24 h grace), the sink's cleanup with no grace
+/// deletes orphans older than its 24 h grace), with `orphan_grace = "0s"` it
 /// removes exactly the orphans, and later runs succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_commit_then_cleanup() {
@@ -178,14 +178,27 @@ async fn crash_before_commit_then_cleanup() {
     assert_eq!(s.state().await, base, "--cleanup changed the table or store");
     assert!(s.data_files().await >= files_base);
 
-    let app = s.app().await;
-    let removed = app
-        .sink
-        .cleanup_orphans(&app.tables[0], Duration::ZERO)
-        .await
-        .unwrap();
+    // With no grace period configured, the program's own cleanup removes them.
+    let text = std::fs::read_to_string(s.config())
+        .unwrap()
+        .replace("[catalog]\n", "[catalog]\norphan_grace = \"0s\"\n");
+    let no_grace = s.dir.join("no-grace.toml");
+    std::fs::write(&no_grace, text).unwrap();
+    let cleanup = s.command(&no_grace, None, &["--cleanup"]).output().unwrap();
+    assert!(
+        cleanup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    let said = String::from_utf8_lossy(&cleanup.stdout).into_owned();
+    let removed: usize = said
+        .split_whitespace()
+        .skip_while(|w| *w != "removed")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {said:?}"));
     assert_eq!(
-        removed as usize,
+        removed,
         files_crashed - files_base,
         "cleanup with no grace must remove exactly the crashed run's files"
     );
