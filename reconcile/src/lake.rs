@@ -94,31 +94,12 @@ pub(crate) fn column_names(table: &Table) -> Vec<String> {
         .collect()
 }
 
-/// The committed watermark recorded in the table's metadata by the sink.
+/// The committed watermark recorded in the table's metadata, read by the sink's
+/// own logic so reconciliation and the commit fence can never disagree.
 pub(crate) fn committed_from_metadata(table: &Table) -> Result<Option<Watermark>, Error> {
-    let meta = table.metadata();
-    let parse = |key: &str, v: &str| {
-        v.parse::<Watermark>().map(Some).map_err(|_| Error::Parse {
-            what: "committed watermark",
-            text: v.chars().take(64).collect(),
-            reason: format!("{key} is not \"<micros>:<sequence>\""),
-        })
-    };
-    let mut next = meta.snapshot_for_ref(iceberg::spec::MAIN_BRANCH);
-    let mut budget = meta.snapshots().len();
-    while let Some(s) = next
-        && budget > 0
-    {
-        budget -= 1;
-        if let Some(v) = s.summary().additional_properties.get(SUMMARY_WINDOW_UNTIL) {
-            return parse(SUMMARY_WINDOW_UNTIL, v);
-        }
-        next = s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id));
-    }
-    match meta.properties().get(PROPERTY_WATERMARK) {
-        Some(v) => parse(PROPERTY_WATERMARK, v),
-        None => Ok(None),
-    }
+    offload_sink_iceberg::committed_window(table.metadata())
+        .map(|w| w.map(|w| w.until))
+        .map_err(|e| Error::Sink(Box::new(e.into())))
 }
 
 /// A predicate `start <= ts < end` in the column's own type, so the scan

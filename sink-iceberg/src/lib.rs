@@ -15,6 +15,6 @@ pub use config::{
 pub use error::IcebergSinkError;
 pub use markers::{
     KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_WINDOW_AFTER,
-    SUMMARY_WINDOW_UNTIL,
+    SUMMARY_WINDOW_UNTIL, committed_window,
 };
 pub use sink::IcebergSink;

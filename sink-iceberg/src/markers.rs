@@ -125,6 +125,22 @@ pub(crate) fn committed(meta: &TableMetadata) -> Result<Option<(CommittedWindow,
     Ok(window_from(meta.properties(), PROPERTY_WATERMARK)?.map(|w| (w, Origin::Properties)))
 }
 
+/// The committed window recorded in a table's metadata by this sink, read
+/// exactly as the sink reads it before every commit: the nearest offload
+/// snapshot on main's ancestry, else the table properties. For readers such as
+/// reconciliation that must agree with the sink's fence to the letter.
+///
+/// ```no_run
+/// # async fn demo(table: iceberg::table::Table) -> Result<(), offload_sink_iceberg::IcebergSinkError> {
+/// if let Some(w) = offload_sink_iceberg::committed_window(table.metadata())? {
+///     println!("committed up to {}", w.until);
+/// }
+/// # Ok(()) }
+/// ```
+pub fn committed_window(meta: &TableMetadata) -> Result<Option<CommittedWindow>, IcebergSinkError> {
+    Ok(committed(meta)?.map(|(w, _)| w))
+}
+
 /// Whether `run_id` committed the table state: a snapshot on main's ancestry
 /// carries it, or the table properties name it as the last committer.
 pub(crate) fn contains_run(meta: &TableMetadata, run_id: RunId) -> bool {
