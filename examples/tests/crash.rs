@@ -13,6 +13,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime};
 
 use offload_core::WatermarkStore;
+use offload_reconcile::{KeyDiffKind, Verdict};
 use support::{Catalog, Lake, Rng, SIGABRT, State, Store, kill_after};
 
 /// Base window, a crash at `point`, rows arriving while the program is down,
@@ -209,6 +210,94 @@ async fn crash_before_commit_then_cleanup() {
     s.run_ok();
     let v = s.verify(false).await;
     assert_eq!(v.rows, 5_700);
+}
+
+/// The judge can fail: a clean table passes, then five rows committed to
+/// Iceberg a second time (through the sink's own staging/commit API) and five
+/// rows that reach ClickHouse below the committed watermark after the offload
+/// are each named by offload-reconcile in their own bucket, by key, and the
+/// judge `verify` applies rejects the report, although the totals agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_judge_names_a_planted_duplicate_and_a_missing_row() {
+    const MINUTE: i64 = 60_000_000;
+    let s = Lake::new("planted", Catalog::Sqlite, Store::File);
+    s.insert(0, 2_000, 5, 10_000);
+    s.run_ok();
+    let clean = s.reconcile().await;
+    s.assert_reconciled(&clean, 2_000, s.state().await.committed);
+
+    // Fault 1: the oldest millisecond's rows committed twice.
+    let twice = s.commit_again().await;
+    assert_eq!(twice.len(), 5, "{twice:?}");
+    // Fault 2: five late rows, five minutes before everything else, after the offload.
+    support::front().query(&format!(
+        "INSERT INTO {}.trades SELECT ts - toIntervalMinute(5), seq + 1000000, symbol, price, conditions, vendor, trade_id
+            FROM {0}.trades ORDER BY ts, seq LIMIT 5",
+        s.db
+    ));
+    let late_ts = twice[0].0 - 5 * MINUTE;
+    let committed = s.state().await.committed;
+    assert!(committed.is_some_and(|w| w.timestamp_micros() > late_ts));
+
+    let report = s.reconcile().await;
+    let text = report.render_table(false);
+    println!("{text}");
+    let t = &report.tables[0];
+    assert_eq!(t.error, None, "{text}");
+    assert_eq!(
+        (t.totals.clickhouse, t.totals.iceberg),
+        (Some(2_005), Some(2_005)),
+        "{text}"
+    );
+    let floor = |ts: i64| ts.div_euclid(MINUTE) * MINUTE;
+    let (dup_bucket, late_bucket) = (floor(twice[0].0), floor(late_ts));
+    for b in &t.buckets {
+        let wholly = offload_core::Watermark::new(b.end - 1, u64::MAX) <= committed.unwrap();
+        let expected = match b.start {
+            s if s == late_bucket => Verdict::Missing,
+            s if s == dup_bucket => Verdict::Duplicated,
+            _ if wholly => Verdict::Ok,
+            _ => Verdict::NotYetOffloaded,
+        };
+        assert_eq!(b.verdict, expected, "bucket {}:\n{text}", b.start_utc);
+    }
+    assert_eq!(report.verdict, Verdict::Missing, "{text}");
+    assert_eq!(report.exit_code(), 1);
+
+    let late = t.bucket_at(late_bucket).unwrap();
+    let keys: Vec<_> = late
+        .findings
+        .iter()
+        .flat_map(|f| &f.keys)
+        .map(|k| (k.ts, k.seq, k.kind))
+        .collect();
+    let expected: Vec<_> = twice
+        .iter()
+        .map(|&(ts, seq)| (ts - 5 * MINUTE, seq + 1_000_000, KeyDiffKind::Missing))
+        .collect();
+    assert_eq!(keys, expected, "{text}");
+    let dup = t.bucket_at(dup_bucket).unwrap();
+    let keys: Vec<_> = dup
+        .findings
+        .iter()
+        .flat_map(|f| &f.keys)
+        .map(|k| (k.ts, k.seq, k.kind, k.downstream_copies))
+        .collect();
+    let expected: Vec<_> = twice
+        .iter()
+        .map(|&(ts, seq)| (ts, seq, KeyDiffKind::Duplicated, 2))
+        .collect();
+    assert_eq!(keys, expected, "{text}");
+
+    // The judge `verify` applies rejects it.
+    // The totals agree (5 missing, 5 duplicated): the buckets must not.
+    let judged = s.check_reconciled(&report, 2_005, committed);
+    let err = judged.expect_err("the judge passed a table with planted faults");
+    let first = err.lines().next().unwrap();
+    assert!(
+        first.contains(&format!("bucket {} is missing", late.start_utc)),
+        "{err}"
+    );
 }
 
 /// Random kills on one table while rows keep arriving: a seeded mix of fail

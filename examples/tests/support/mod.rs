@@ -4,8 +4,10 @@
 //! store, the REAL `offload` binary run as a child process (optionally with a
 //! fail point armed), and the judge: exact figures and per-key checks between
 //! ClickHouse's source table and the Iceberg table (read back by ClickHouse's
-//! `icebergLocal` and by pyiceberg), the window chain in the snapshot log, and
-//! store == the table's committed watermark.
+//! `icebergLocal` and by pyiceberg), the window chain in the snapshot log,
+//! store == the table's committed watermark, and `offload-reconcile` over the
+//! table (per minute bucket: counts, distinct keys, key and content
+//! fingerprints, exact sums, ClickHouse against Iceberg).
 #![allow(dead_code)] // each test binary uses its own part of the fixture
 
 use std::fs::File;
@@ -15,9 +17,14 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use offload_core::{Watermark, WatermarkStore};
+use futures::TryStreamExt;
+use offload_core::{CommitMetadata, RunId, Sink, Source, Watermark, WatermarkStore, Window};
 use offload_examples::app::App;
 use offload_examples::config::Config;
+use offload_reconcile::{
+    BucketSize, ClickHouseLayer, Depth, IcebergLayer, Reconciler, Report, TableSpec, TimeRange,
+};
+use offload_source_clickhouse::ClickHouseSource;
 use offload_testkit::{ClickHouseFront, repo_root, venv_python};
 
 /// Exact figures, in the order `lake_figures.py` prints them.
@@ -400,7 +407,8 @@ impl Lake {
 
     /// Drains, then judges: figures (ClickHouse vs icebergLocal, and pyiceberg
     /// when `pyiceberg`), per-key lost / duplicated / unknown rows, the window
-    /// chain, and store == committed.
+    /// chain, store == committed, and offload-reconcile ([`Lake::reconcile`],
+    /// [`Lake::assert_reconciled`]).
     pub async fn verify(&self, pyiceberg: bool) -> Verdict {
         self.drain();
         let path = self.table_path().await;
@@ -472,12 +480,202 @@ impl Lake {
             "[{}] store vs the table's committed watermark",
             self.name
         );
+        let report = self.reconcile().await;
+        self.assert_reconciled(&report, rows, state.committed);
         Verdict {
             rows,
             windows,
             lost,
             duplicates,
         }
+    }
+
+    /// `(min(ts), max(ts))` of the source table in µs, and its row count.
+    pub fn source_span(&self) -> (i64, i64, u64) {
+        let out = self.ch(&format!(
+            "SELECT toUnixTimestamp64Micro(min(ts)), toUnixTimestamp64Micro(max(ts)), count() FROM {}.trades FORMAT TSV",
+            self.db
+        ));
+        let f: Vec<&str> = out.split('\t').collect();
+        assert_eq!(f.len(), 3, "[{}] source span: {out:?}", self.name);
+        (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        )
+    }
+
+    /// offload-reconcile over the scenario's table: ClickHouse `<db>.trades`
+    /// (the front's URL, the scenario's database) against the Iceberg table
+    /// `lake.trades` (the catalog of the program's own sink), minute buckets
+    /// over `[min(ts), max(ts)]` of the source (widened to whole minutes), full
+    /// depth (counts, distinct keys, key and content fingerprints, the exact
+    /// sum of `price`), the committed watermark read from the table's metadata.
+    pub async fn reconcile(&self) -> Report {
+        let (lo, hi, rows) = self.source_span();
+        assert!(rows > 0, "[{}] reconcile: the source table is empty", self.name);
+        let range = TimeRange::new(lo, hi + 1, BucketSize::Minute).unwrap();
+        let app = self.app().await;
+        let clickhouse = ClickHouseLayer::new(
+            ClickHouseLayer::from_url(front().url())
+                .client()
+                .clone()
+                .with_database(&self.db),
+        );
+        let spec = TableSpec::from_table_config(&app.tables[0], "lake").sum_columns(["price"]);
+        assert_eq!(spec.iceberg(), Some("lake.trades"));
+        Reconciler::new(clickhouse, range)
+            .with_iceberg(IcebergLayer::new(app.sink.catalog().clone()))
+            .with_depth(Depth::Full)
+            .run(&[spec])
+            .await
+    }
+
+    /// The judge's reading of a reconcile report of a drained table holding
+    /// `rows` source rows, committed up to `committed`: the range covers every
+    /// source row and Iceberg holds exactly as many; in every bucket
+    /// ClickHouse, ClickHouse at or below the watermark, and Iceberg have equal
+    /// figures (rows, distinct keys, key and content fingerprints, sums) and
+    /// there is no finding. Every bucket wholly at or below the watermark is
+    /// `ok`; the one bucket holding the watermark itself is `not_yet_offloaded`
+    /// by reconcile's rule (the bucket is not *wholly* committed, `(end - 1 µs,
+    /// u64::MAX) > watermark`), with nothing above the watermark in it.
+    pub fn assert_reconciled(&self, report: &Report, rows: u64, committed: Option<Watermark>) {
+        if let Err(e) = self.check_reconciled(report, rows, committed) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Lake::assert_reconciled`]'s judgement: `Err` names the first problem,
+    /// with the whole report.
+    pub fn check_reconciled(
+        &self,
+        report: &Report,
+        rows: u64,
+        committed: Option<Watermark>,
+    ) -> Result<(), String> {
+        use offload_reconcile::Verdict as V;
+        let name = &self.name;
+        let text = report.render_table(true);
+        macro_rules! ensure {
+            ($cond:expr, $($msg:tt)+) => {
+                if !$cond {
+                    return Err(format!("[{name}] reconcile: {}\n{text}", format!($($msg)+)));
+                }
+            };
+        }
+        ensure!(report.tables.len() == 1, "{} tables", report.tables.len());
+        let t = &report.tables[0];
+        ensure!(t.error.is_none(), "failed: {:?}", t.error);
+        ensure!(
+            t.totals.clickhouse == Some(rows),
+            "ClickHouse rows in the range {:?}, in the source {rows}: the range must cover every row",
+            t.totals.clickhouse
+        );
+        ensure!(
+            t.totals.iceberg == Some(rows),
+            "Iceberg rows counted {:?}, source rows {rows}",
+            t.totals.iceberg
+        );
+        ensure!(
+            t.content_columns.iter().any(|c| c.name == "price")
+                && t.content_columns.iter().any(|c| c.name == "trade_id"),
+            "content fingerprint columns {:?}",
+            t.content_columns
+        );
+        let Some(committed) = committed else {
+            return Err(format!("[{name}] reconcile: nothing committed"));
+        };
+        let mut partly = 0;
+        for b in &t.buckets {
+            let at = &b.start_utc;
+            let wholly = Watermark::new(b.end - 1, u64::MAX) <= committed;
+            let expected = if wholly {
+                V::Ok
+            } else {
+                ensure!(
+                    (b.start..b.end).contains(&committed.timestamp_micros()),
+                    "bucket {at} lies beyond the committed watermark {committed} after the drain"
+                );
+                partly += 1;
+                V::NotYetOffloaded
+            };
+            ensure!(
+                b.verdict == expected && b.findings.is_empty(),
+                "bucket {at} is {} (expected {expected}) with findings {:?}",
+                b.verdict,
+                b.findings
+            );
+            let ice = b.iceberg.as_ref();
+            ensure!(
+                ice.is_some_and(|f| f.key_fingerprint.is_some() && f.content_fingerprint.is_some()),
+                "bucket {at} not reconciled at full depth"
+            );
+            ensure!(
+                b.clickhouse.as_ref() == ice && b.clickhouse_committed.as_ref() == ice,
+                "bucket {at}: figures differ (ClickHouse {:?}, at or below the watermark {:?}, Iceberg {:?})",
+                b.clickhouse,
+                b.clickhouse_committed,
+                b.iceberg
+            );
+        }
+        ensure!(
+            partly == 1,
+            "{partly} buckets partly committed, expected exactly one (the watermark's)"
+        );
+        ensure!(
+            report.verdict == V::NotYetOffloaded && report.exit_code() == 0,
+            "overall verdict {}",
+            report.verdict
+        );
+        Ok(())
+    }
+
+    /// Plants the bug exactly-once exists to prevent: the source rows at the
+    /// oldest timestamp, committed to Iceberg a second time through the sink's
+    /// staging/commit API, in a window just above the committed watermark (so
+    /// the fence accepts it). Returns `(ts µs, seq)` of the rows committed twice.
+    pub async fn commit_again(&self) -> Vec<(i64, u64)> {
+        let (lo, _, _) = self.source_span();
+        let app = self.app().await;
+        let table = &app.tables[0];
+        let source = ClickHouseSource::builder(front().url())
+            .database(&self.db)
+            .build()
+            .unwrap();
+        let schema = source.schema(table).await.unwrap();
+        let rows = Window::new(Watermark::new(lo - 1, u64::MAX), Watermark::new(lo, u64::MAX)).unwrap();
+        let batches: Vec<_> = source
+            .read(table, rows)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let run = RunId::new();
+        let mut writer = app.sink.begin(table, run, schema).await.unwrap();
+        for b in batches {
+            writer.write(b).await.unwrap();
+        }
+        let staged = writer.finish().await.unwrap();
+        let w = app.sink.committed(table).await.unwrap().unwrap().until;
+        let meta = CommitMetadata {
+            window: Window::new(w, Watermark::new(w.timestamp_micros(), w.sequence() + 1)).unwrap(),
+            run_id: run,
+            engine_id: "buggy-engine".into(),
+            fencing_token: 1,
+        };
+        app.sink.commit(table, &staged, &meta).await.unwrap();
+        self.ch(&format!(
+            "SELECT toUnixTimestamp64Micro(ts), seq FROM {}.trades WHERE toUnixTimestamp64Micro(ts) = {lo} ORDER BY seq FORMAT TSV",
+            self.db
+        ))
+        .lines()
+        .map(|l| {
+            let (ts, seq) = l.split_once('\t').unwrap();
+            (ts.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect()
     }
 
     pub fn pyiceberg_figures(&self) -> String {
