@@ -261,7 +261,8 @@ fn distinct(f: &Figures) -> u64 {
 /// A finding within [`Thresholds`] is kept but tolerated. The bucket's verdict
 /// is the most severe untolerated problem; else `expired_upstream` when a
 /// horizon excused a difference; else `not_yet_offloaded` when Iceberg is
-/// compared and the bucket is not wholly at or below the watermark; else `ok`.
+/// compared, the bucket is not wholly at or below the watermark and ClickHouse
+/// holds rows in it above the watermark; else `ok`.
 ///
 /// ```
 /// use offload_core::Watermark;
@@ -369,7 +370,11 @@ pub fn judge(input: &BucketInput<'_>, t: &Thresholds) -> (Verdict, Vec<Finding>)
 
     let mut pending = false;
     if let (Some(up), Some(down)) = (input.clickhouse_committed, input.iceberg) {
-        pending = !fully_committed(input.bucket, input.committed);
+        // Straddling the watermark is pending only while ClickHouse holds rows
+        // in the bucket above it; with none, the bucket is judged in full (so a
+        // table offloaded to its last row can be `ok`, not forever pending).
+        pending = !fully_committed(input.bucket, input.committed)
+            && input.clickhouse.is_none_or(|all| all.rows > up.rows);
         let up_dups = up.distinct_keys.map_or(0, |d| up.rows.saturating_sub(d));
         let down_dups = down.distinct_keys.map_or(0, |d| down.rows.saturating_sub(d));
         let before = out.len();
@@ -638,6 +643,13 @@ mod tests {
             Verdict::Missing,
             "a missing committed row is still an error"
         );
+        // The watermark inside the bucket but nothing above it: judged in full.
+        let all_in = BucketInput {
+            clickhouse: Some(&part),
+            iceberg: Some(&part),
+            ..i
+        };
+        assert_eq!(run(&all_in).0, Verdict::Ok);
     }
 
     #[test]

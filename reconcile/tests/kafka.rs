@@ -240,7 +240,7 @@ async fn every_planted_fault_is_named_with_its_bucket_and_verdict() {
             Verdict::Missing,         // 2: Kafka offsets that never reached ClickHouse
             Verdict::Duplicated,      // 3: a Kafka message stored twice
             Verdict::Diverged,        // 4: a value changed in place
-            Verdict::NotYetOffloaded, // 5: holds the committed watermark
+            Verdict::Ok,              // 5: holds the committed watermark, nothing above it
             Verdict::NotYetOffloaded, // 6: beyond it
         ]
     );

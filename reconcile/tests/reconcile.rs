@@ -91,9 +91,9 @@ async fn clean_offload_is_ok_and_every_planted_fault_is_named() {
         names,
         ["sym", "price", "qty", "note", "kafka_partition", "kafka_offset"]
     );
-    // The bucket holding the watermark is only partly committed.
+    // The bucket holding the watermark, with nothing above it, is judged in full.
     let report = reconcile(&ch, &lake, minute(0), minute(8), spec()).await;
-    assert_eq!(verdicts(&report)[&7], Verdict::NotYetOffloaded);
+    assert_eq!(verdicts(&report)[&7], Verdict::Ok);
     assert_eq!(report.exit_code(), 0);
 
     // Plant one fault per bucket.
@@ -118,17 +118,27 @@ async fn clean_offload_is_ok_and_every_planted_fault_is_named() {
         "ALTER TABLE trades DELETE WHERE ts < fromUnixTimestamp64Micro(toInt64({}), 'UTC') AND seq % 2 = 0 SETTINGS mutations_sync = 2",
         minute(1)
     ));
-    // bucket 8: a late row beyond the committed watermark
+    // bucket 8: a late row beyond the committed watermark; bucket 7: one in the
+    // same bucket as the watermark but above it (the bucket is then pending)
     insert(
         &ch,
         "trades",
-        &[Trade {
-            ts: minute(8) + 5 * SECOND,
-            seq: 10_001,
-            price_ticks: 7,
-            partition: 0,
-            offset: 10_001,
-        }],
+        &[
+            Trade {
+                ts: minute(8) + 5 * SECOND,
+                seq: 10_001,
+                price_ticks: 7,
+                partition: 0,
+                offset: 10_001,
+            },
+            Trade {
+                ts: minute(7) + 30 * SECOND,
+                seq: 10_002,
+                price_ticks: 7,
+                partition: 0,
+                offset: 10_002,
+            },
+        ],
     );
 
     let report = reconcile(&ch, &lake, minute(0), minute(9), spec().expired_before(minute(1))).await;

@@ -535,11 +535,9 @@ impl Lake {
     /// `rows` source rows, committed up to `committed`: the range covers every
     /// source row and Iceberg holds exactly as many; in every bucket
     /// ClickHouse, ClickHouse at or below the watermark, and Iceberg have equal
-    /// figures (rows, distinct keys, key and content fingerprints, sums) and
-    /// there is no finding. Every bucket wholly at or below the watermark is
-    /// `ok`; the one bucket holding the watermark itself is `not_yet_offloaded`
-    /// by reconcile's rule (the bucket is not *wholly* committed, `(end - 1 µs,
-    /// u64::MAX) > watermark`), with nothing above the watermark in it.
+    /// figures (rows, distinct keys, key and content fingerprints, sums), there
+    /// is no finding, and the verdict is `ok` — including the bucket holding the
+    /// watermark, since after the drain nothing lies above it.
     pub fn assert_reconciled(&self, report: &Report, rows: u64, committed: Option<Watermark>) {
         if let Err(e) = self.check_reconciled(report, rows, committed) {
             panic!("{e}");
@@ -586,20 +584,13 @@ impl Lake {
         let Some(committed) = committed else {
             return Err(format!("[{name}] reconcile: nothing committed"));
         };
-        let mut partly = 0;
         for b in &t.buckets {
             let at = &b.start_utc;
-            let wholly = Watermark::new(b.end - 1, u64::MAX) <= committed;
-            let expected = if wholly {
-                V::Ok
-            } else {
-                ensure!(
-                    (b.start..b.end).contains(&committed.timestamp_micros()),
-                    "bucket {at} lies beyond the committed watermark {committed} after the drain"
-                );
-                partly += 1;
-                V::NotYetOffloaded
-            };
+            ensure!(
+                Watermark::new(b.start, 0) <= committed,
+                "bucket {at} lies beyond the committed watermark {committed} after the drain"
+            );
+            let expected = V::Ok;
             ensure!(
                 b.verdict == expected && b.findings.is_empty(),
                 "bucket {at} is {} (expected {expected}) with findings {:?}",
@@ -620,11 +611,7 @@ impl Lake {
             );
         }
         ensure!(
-            partly == 1,
-            "{partly} buckets partly committed, expected exactly one (the watermark's)"
-        );
-        ensure!(
-            report.verdict == V::NotYetOffloaded && report.exit_code() == 0,
+            report.verdict == V::Ok && report.exit_code() == 0,
             "overall verdict {}",
             report.verdict
         );
