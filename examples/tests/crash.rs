@@ -464,9 +464,9 @@ async fn racing_four_workers() {
     racing(4).await;
 }
 
-/// A worker paused (SIGSTOP) while it holds the lease, past the lease's expiry;
-/// another worker takes the table over and commits; the first one resumed
-/// (SIGCONT) must not commit its stale window.
+/// A worker frozen (SIGSTOP at `engine.before_commit`) with its window staged,
+/// past the lease's expiry; another worker takes the table over and commits;
+/// the first one resumed (SIGCONT) must not commit its stale window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_cannot_commit_a_stale_window() {
     let mut s = Lake::new("paused", Catalog::Sqlite, Store::Postgres);
@@ -479,21 +479,27 @@ async fn a_paused_worker_cannot_commit_a_stale_window() {
         .await
         .unwrap();
 
-    let mut a = s.spawn(&cfg_a, None, "a.log");
-    // Wait for the condition "worker-a holds the lease", then freeze it.
+    // Worker-a stages its whole window and freezes itself right before the
+    // commit (SIGSTOP at the fail point): the most dangerous moment to lose a lease.
+    let mut a = s.spawn(&cfg_a, Some("engine.before_commit:stop"), "a.log");
+    // Wait for the condition "worker-a is stopped" (state T in /proc).
     loop {
         if let Some(status) = a.try_wait().unwrap() {
             panic!(
-                "worker-a finished ({status:?}) before it could be paused: make its window larger\n{}",
+                "worker-a finished ({status:?}) before reaching its commit\n{}",
                 std::fs::read_to_string(s.dir.join("a.log")).unwrap_or_default()
             );
         }
-        if s.lease_holder(&store).await.as_deref() == Some("worker-a") {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", a.id())).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // SAFETY: plain kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGSTOP) }, 0);
+    assert_eq!(s.lease_holder(&store).await.as_deref(), Some("worker-a"));
     let before = s.state().await;
 
     // Wait for the condition "the lease has expired" (the store's clock is this machine's).
@@ -515,7 +521,7 @@ async fn a_paused_worker_cannot_commit_a_stale_window() {
     let taken_over = s.state().await;
     assert!(taken_over.committed > before.committed);
 
-    // SAFETY: as above.
+    // SAFETY: plain kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGCONT) }, 0);
     let status = a.wait().unwrap();
     let log_a = std::fs::read_to_string(s.dir.join("a.log")).unwrap();
