@@ -583,6 +583,15 @@ impl ClickHouseLayer {
         Self::new(Client::default().with_url(url))
     }
 
+    /// Unqualified table names resolve in `database` (ClickHouse's `default` otherwise).
+    ///
+    /// ```
+    /// let _ = offload_reconcile::ClickHouseLayer::from_url("http://localhost:8123").with_database("market");
+    /// ```
+    pub fn with_database(self, database: &str) -> Self {
+        Self::new(self.client.with_database(database))
+    }
+
     /// The underlying client.
     pub fn client(&self) -> &Client {
         &self.client
