@@ -314,12 +314,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split_once('\t')
         .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
         .ok_or_else(|| format!("the seeded time range: {span:?}"))?;
-    let clickhouse = ClickHouseLayer::new(
-        ClickHouseLayer::from_url(front.url())
-            .client()
-            .clone()
-            .with_database("market"),
-    );
+    let clickhouse = ClickHouseLayer::from_url(front.url()).with_database("market");
     let specs: Vec<TableSpec> = app
         .tables
         .iter()

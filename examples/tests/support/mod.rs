@@ -516,12 +516,7 @@ impl Lake {
         assert!(rows > 0, "[{}] reconcile: the source table is empty", self.name);
         let range = TimeRange::new(lo, hi + 1, BucketSize::Minute).unwrap();
         let app = self.app().await;
-        let clickhouse = ClickHouseLayer::new(
-            ClickHouseLayer::from_url(front().url())
-                .client()
-                .clone()
-                .with_database(&self.db),
-        );
+        let clickhouse = ClickHouseLayer::from_url(front().url()).with_database(&self.db);
         let spec = TableSpec::from_table_config(&app.tables[0], "lake").sum_columns(["price"]);
         assert_eq!(spec.iceberg(), Some("lake.trades"));
         Reconciler::new(clickhouse, range)
