@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod convert;
+mod decode;
 mod error;
 mod ident;
 mod source;
@@ -9,6 +10,7 @@ mod sql;
 mod stream;
 mod types;
 
+pub use decode::ArrowStreamDecoder;
 pub use error::ClickHouseError;
 pub use source::{ClickHouseSource, ClickHouseSourceBuilder, Compression};
 pub use types::{SubMicrosecond, UInt64Mapping};

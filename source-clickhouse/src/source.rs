@@ -5,13 +5,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow_schema::{Field, Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use clickhouse::Client;
 use futures::StreamExt;
 use offload_core::{BatchStream, Error, Source, TableConfig, Watermark, Window};
 
 use crate::ClickHouseError;
+use crate::decode::ArrowStreamDecoder;
 use crate::ident::{TableRef, quote_identifier, validate_filter, validate_identifier};
 use crate::sql::{Cond, Positions, SeqColumn, TimeColumn};
 use crate::stream::{BatchShape, WindowReader};
@@ -19,7 +20,7 @@ use crate::types::{ChType, MappingOptions, SubMicrosecond, UInt64Mapping};
 
 /// Settings this crate sets on every window query so that the ArrowStream it
 /// decodes has a known shape. Users may not override them.
-const ARROW_SETTINGS: &[(&str, &str)] = &[
+pub(crate) const ARROW_SETTINGS: &[(&str, &str)] = &[
     // Strings are bytes in ClickHouse: receive Binary and validate UTF-8 per
     // column, so an invalid value is reported with its column's name.
     ("output_format_arrow_string_as_string", "0"),
@@ -514,36 +515,18 @@ impl ClickHouseSource {
             seq_sql: quote_identifier(table.sequence_column()),
         };
 
-        let mut fields = Vec::with_capacity(selected.len());
-        let mut types = Vec::with_capacity(selected.len());
-        let mut select = Vec::with_capacity(selected.len());
-        for column in selected {
-            let (ch, type_name) = parse(column)?;
-            let arrow =
-                ch.arrow_type(self.config.mapping)
-                    .map_err(|reason| ClickHouseError::UnsupportedType {
-                        column: column.to_owned(),
-                        type_name: type_name.clone(),
-                        reason,
-                    })?;
-            fields.push(Field::new(column, arrow, ch.is_nullable()).with_metadata(ch.field_metadata()));
-            // Columns are matched by position, so casts need no alias (an alias
-            // could shadow a column of the same name in the WHERE clause).
-            select.push(if ch.needs_server_cast() {
-                format!("CAST({} AS {})", quote_identifier(column), ch.wire_type_sql())
-            } else {
-                quote_identifier(column)
-            });
-            types.push(ch);
-        }
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let columns = selected
+            .into_iter()
+            .map(|column| parse(column).map(|(ch, type_name)| (column.to_owned(), ch, type_name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (shape, select_sql) = BatchShape::for_columns(columns, self.config.mapping)?;
         Ok(Layout {
             key: LayoutKey::of(table),
             table_sql: tref.quoted(Some(&resolved_db)),
-            select_sql: select.join(", "),
+            select_sql,
             filter: self.config.filters.get(table.name()).cloned(),
             positions,
-            shape: Arc::new(BatchShape { schema, types }),
+            shape: Arc::new(shape),
         })
     }
 
@@ -581,6 +564,20 @@ impl ClickHouseSource {
     pub async fn window_sql(&self, table: &TableConfig, window: Window) -> Result<String, ClickHouseError> {
         let layout = self.layout(table).await?;
         Ok(Self::window_query(&layout, window))
+    }
+
+    /// The decoder [`read`](Source::read) uses for `table`: the same target
+    /// schema (discovered like [`schema`](Source::schema), or the cached
+    /// layout), the same conversions, and `table`'s batch size. For decoding
+    /// `ArrowStream` bytes obtained some other way, or for measuring the
+    /// decoding stage on its own.
+    pub async fn decoder(&self, table: &TableConfig) -> Result<ArrowStreamDecoder, ClickHouseError> {
+        let layout = self.layout(table).await?;
+        Ok(ArrowStreamDecoder::from_shape(
+            layout.shape.clone(),
+            layout.select_sql.clone(),
+            table.batch_size(),
+        ))
     }
 
     fn window_query(layout: &Layout, window: Window) -> String {

@@ -14,14 +14,15 @@ use std::time::Duration;
 use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::StreamDecoder;
-use arrow_schema::SchemaRef;
+use arrow_schema::{Field, Schema, SchemaRef};
 use bytes::Bytes;
 use clickhouse::query::BytesCursor;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::ClickHouseError;
 use crate::convert::{check_wire_field, convert};
-use crate::types::ChType;
+use crate::ident::quote_identifier;
+use crate::types::{ChType, MappingOptions};
 
 /// The Arrow IPC end-of-stream marker: continuation token and a zero length.
 const ARROW_EOS: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
@@ -36,6 +37,42 @@ pub(crate) struct BatchShape {
 }
 
 impl BatchShape {
+    /// The shape for `columns` (name, parsed type, type text as the server
+    /// printed it) under `mapping`, and the SELECT list that produces it:
+    /// columns in order, cast on the server where their ArrowStream form is not
+    /// the documented value.
+    pub(crate) fn for_columns(
+        columns: Vec<(String, ChType, String)>,
+        mapping: MappingOptions,
+    ) -> Result<(BatchShape, String), ClickHouseError> {
+        let mut fields = Vec::with_capacity(columns.len());
+        let mut types = Vec::with_capacity(columns.len());
+        let mut select = Vec::with_capacity(columns.len());
+        for (column, ch, type_name) in columns {
+            let arrow = ch
+                .arrow_type(mapping)
+                .map_err(|reason| ClickHouseError::UnsupportedType {
+                    column: column.clone(),
+                    type_name,
+                    reason,
+                })?;
+            // Columns are matched by position, so casts need no alias (an alias
+            // could shadow a column of the same name in the WHERE clause).
+            select.push(if ch.needs_server_cast() {
+                format!("CAST({} AS {})", quote_identifier(&column), ch.wire_type_sql())
+            } else {
+                quote_identifier(&column)
+            });
+            fields.push(Field::new(column, arrow, ch.is_nullable()).with_metadata(ch.field_metadata()));
+            types.push(ch);
+        }
+        let shape = BatchShape {
+            schema: Arc::new(Schema::new(fields)),
+            types,
+        };
+        Ok((shape, select.join(", ")))
+    }
+
     /// Checks the response's schema once, before its first batch is converted.
     pub(crate) fn check(&self, wire: &arrow_schema::Schema) -> Result<(), ClickHouseError> {
         if wire.fields().len() != self.types.len() {
@@ -81,97 +118,55 @@ impl BatchShape {
     }
 }
 
-/// Reads one response into batches of `batch_size` rows.
-pub(crate) struct WindowReader {
-    cursor: BytesCursor,
-    /// A chunk read ahead (the first one, so errors before any data surface
-    /// from `Source::read` itself).
-    first: Option<Bytes>,
+/// The synchronous core of decoding one response: ArrowStream bytes in (in
+/// chunks of any size), converted batches of exactly `batch_size` rows out
+/// (the last one shorter). Shared by [`WindowReader`] and the public
+/// [`ArrowStreamDecoder`](crate::decode::ArrowStreamDecoder).
+pub(crate) struct Decoding {
     decoder: StreamDecoder,
     shape: Arc<BatchShape>,
     batch_size: usize,
-    idle_timeout: Duration,
     pending: VecDeque<RecordBatch>,
     pending_rows: usize,
     received: u64,
     /// Whether the response's schema passed [`BatchShape::check`].
     checked: bool,
     eof: bool,
-    failed: bool,
 }
 
-impl WindowReader {
-    /// Sends the query (by reading the first chunk) and returns the reader.
-    pub(crate) async fn start(
-        mut cursor: BytesCursor,
-        shape: Arc<BatchShape>,
-        batch_size: usize,
-        idle_timeout: Duration,
-    ) -> Result<WindowReader, ClickHouseError> {
-        let first = next_chunk(&mut cursor, idle_timeout).await?;
-        let eof = first.is_none();
-        let mut reader = WindowReader {
-            cursor,
-            first,
+impl Decoding {
+    pub(crate) fn new(shape: Arc<BatchShape>, batch_size: usize) -> Self {
+        Decoding {
             decoder: StreamDecoder::new(),
             shape,
-            batch_size,
-            idle_timeout,
+            batch_size: batch_size.max(1),
             pending: VecDeque::new(),
             pending_rows: 0,
             received: 0,
             checked: false,
             eof: false,
-            failed: false,
-        };
-        if eof {
-            reader.finish()?;
-        }
-        Ok(reader)
-    }
-
-    /// The batches as a stream that ends after the first error.
-    pub(crate) fn into_stream(self) -> BoxStream<'static, Result<RecordBatch, ClickHouseError>> {
-        stream::unfold(self, |mut reader| async move {
-            if reader.failed {
-                return None;
-            }
-            match reader.next_batch().await {
-                Ok(Some(batch)) => Some((Ok(batch), reader)),
-                Ok(None) => None,
-                Err(e) => {
-                    reader.failed = true;
-                    Some((Err(e), reader))
-                }
-            }
-        })
-        .boxed()
-    }
-
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ClickHouseError> {
-        loop {
-            if self.pending_rows >= self.batch_size {
-                return self.take(self.batch_size).map(Some);
-            }
-            if self.eof {
-                return if self.pending_rows > 0 {
-                    self.take(self.pending_rows).map(Some)
-                } else {
-                    Ok(None)
-                };
-            }
-            let chunk = match self.first.take() {
-                Some(chunk) => Some(chunk),
-                None => next_chunk(&mut self.cursor, self.idle_timeout).await?,
-            };
-            match chunk {
-                Some(chunk) => self.feed(chunk)?,
-                None => self.finish()?,
-            }
         }
     }
 
-    fn feed(&mut self, chunk: Bytes) -> Result<(), ClickHouseError> {
+    /// Whether [`finish`](Self::finish) was called.
+    pub(crate) fn is_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// The next complete batch, or after [`finish`](Self::finish) the
+    /// remaining rows; `None` when more input is needed (or nothing is left).
+    pub(crate) fn next_ready(&mut self) -> Result<Option<RecordBatch>, ClickHouseError> {
+        if self.pending_rows >= self.batch_size {
+            return self.take(self.batch_size).map(Some);
+        }
+        if self.eof && self.pending_rows > 0 {
+            return self.take(self.pending_rows).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Decodes one chunk of the body, converting every complete message.
+    pub(crate) fn feed(&mut self, chunk: Bytes) -> Result<(), ClickHouseError> {
         self.received += chunk.len() as u64;
         let mut buffer = Buffer::from(chunk.clone());
         while !buffer.is_empty() {
@@ -198,7 +193,7 @@ impl WindowReader {
     }
 
     /// The body ended: it must have ended with the end-of-stream marker.
-    fn finish(&mut self) -> Result<(), ClickHouseError> {
+    pub(crate) fn finish(&mut self) -> Result<(), ClickHouseError> {
         self.eof = true;
         let truncated = ClickHouseError::Truncated { bytes: self.received };
         if self.decoder.finish().is_err() || self.decoder.schema().is_none() {
@@ -239,6 +234,78 @@ impl WindowReader {
                 reason: e.to_string(),
             }
         })
+    }
+}
+
+/// Reads one response into batches of `batch_size` rows.
+pub(crate) struct WindowReader {
+    cursor: BytesCursor,
+    /// A chunk read ahead (the first one, so errors before any data surface
+    /// from `Source::read` itself).
+    first: Option<Bytes>,
+    decoding: Decoding,
+    idle_timeout: Duration,
+    failed: bool,
+}
+
+impl WindowReader {
+    /// Sends the query (by reading the first chunk) and returns the reader.
+    pub(crate) async fn start(
+        mut cursor: BytesCursor,
+        shape: Arc<BatchShape>,
+        batch_size: usize,
+        idle_timeout: Duration,
+    ) -> Result<WindowReader, ClickHouseError> {
+        let first = next_chunk(&mut cursor, idle_timeout).await?;
+        let eof = first.is_none();
+        let mut reader = WindowReader {
+            cursor,
+            first,
+            decoding: Decoding::new(shape, batch_size),
+            idle_timeout,
+            failed: false,
+        };
+        if eof {
+            reader.decoding.finish()?;
+        }
+        Ok(reader)
+    }
+
+    /// The batches as a stream that ends after the first error.
+    pub(crate) fn into_stream(self) -> BoxStream<'static, Result<RecordBatch, ClickHouseError>> {
+        stream::unfold(self, |mut reader| async move {
+            if reader.failed {
+                return None;
+            }
+            match reader.next_batch().await {
+                Ok(Some(batch)) => Some((Ok(batch), reader)),
+                Ok(None) => None,
+                Err(e) => {
+                    reader.failed = true;
+                    Some((Err(e), reader))
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>, ClickHouseError> {
+        loop {
+            if let Some(batch) = self.decoding.next_ready()? {
+                return Ok(Some(batch));
+            }
+            if self.decoding.is_eof() {
+                return Ok(None);
+            }
+            let chunk = match self.first.take() {
+                Some(chunk) => Some(chunk),
+                None => next_chunk(&mut self.cursor, self.idle_timeout).await?,
+            };
+            match chunk {
+                Some(chunk) => self.decoding.feed(chunk)?,
+                None => self.decoding.finish()?,
+            }
+        }
     }
 }
 
