@@ -156,68 +156,18 @@ fn strip_wrapper<'a>(t: &'a str, name: &str) -> Option<&'a str> {
         .strip_suffix(')')
 }
 
-/// Quotes an identifier with backticks (backslash-escaping `` ` `` and `\`).
-pub(crate) fn quote_ident(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('`');
-    for c in name.chars() {
-        if c == '`' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('`');
-    out
-}
+pub(crate) use offload_source_clickhouse::ident::quote_identifier as quote_ident;
 
-/// Quotes a table reference `table` or `db.table` (either part may already be
-/// backtick-quoted when it holds a dot).
+/// Quotes a table reference `table` or `db.table` (either part backtick-quoted
+/// when it holds a dot), parsed by the ClickHouse source's own rules so both
+/// crates accept exactly the same names.
 pub(crate) fn quote_table(text: &str) -> Result<String, Error> {
-    let bad = |reason: &str| Error::InvalidConfig {
-        field: "clickhouse table",
-        reason: format!("{:?}: {reason}", text.chars().take(64).collect::<String>()),
-    };
-    let mut parts = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'`') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    None => return Err(bad("unterminated backtick quote")),
-                    Some('\\') => part.push(chars.next().ok_or_else(|| bad("dangling backslash"))?),
-                    Some('`') if chars.peek() == Some(&'`') => {
-                        chars.next();
-                        part.push('`');
-                    }
-                    Some('`') => break,
-                    Some(c) => part.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                part.push(c);
-                chars.next();
-            }
-        }
-        if part.is_empty() || part.chars().any(char::is_control) {
-            return Err(bad("empty name or control characters"));
-        }
-        parts.push(quote_ident(&part));
-        match chars.next() {
-            None => break,
-            Some('.') => continue,
-            Some(_) => return Err(bad("expected `.` or the end after a quoted name")),
-        }
-    }
-    if parts.len() > 2 {
-        return Err(bad("expected `table` or `database.table`"));
-    }
-    Ok(parts.join("."))
+    offload_source_clickhouse::ident::TableRef::parse(text)
+        .map(|t| t.quoted(None))
+        .map_err(|e| Error::InvalidConfig {
+            field: "clickhouse table",
+            reason: e.to_string(),
+        })
 }
 
 /// What to compute for a table on the ClickHouse side.
@@ -854,8 +804,9 @@ mod tests {
         assert_eq!(quote_table("db.t").unwrap(), "`db`.`t`");
         assert_eq!(quote_table("t").unwrap(), "`t`");
         assert_eq!(quote_table("`a.b`.`c``d`").unwrap(), "`a.b`.`c\\`d`");
-        assert_eq!(quote_table("we`ird").unwrap(), "`we\\`ird`");
-        for bad in ["", "a.b.c", "a.", "`x", "a\nb"] {
+        assert_eq!(quote_table("`we``ird`").unwrap(), "`we\\`ird`");
+        // The source's rule: a backtick needs the part quoted (as the source reads it).
+        for bad in ["", "a.b.c", "a.", "`x", "a\nb", "we`ird"] {
             assert!(quote_table(bad).is_err(), "{bad}");
         }
     }

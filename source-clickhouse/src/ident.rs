@@ -34,7 +34,7 @@ pub(crate) fn validate_identifier(what: &'static str, name: &str) -> Result<(), 
 
 /// Quotes an identifier with backticks, escaping backslashes and backticks,
 /// so that any validated name reads back as exactly itself.
-pub(crate) fn quote_identifier(name: &str) -> String {
+pub fn quote_identifier(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 2);
     out.push('`');
     for c in name.chars() {
@@ -70,15 +70,24 @@ pub(crate) fn quote_string(value: &str) -> String {
 /// A table reference from `TableConfig::source_table`: `table`, `db.table`,
 /// or either part backtick-quoted (`` `my.db`.`odd``name` ``) when it
 /// contains a dot or a backtick.
+///
+/// ```
+/// use offload_source_clickhouse::ident::TableRef;
+/// let t = TableRef::parse("market.`odd``name`").unwrap();
+/// assert_eq!(t.quoted(None), "`market`.`odd\\`name`");
+/// assert!(TableRef::parse("a.b.c").is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TableRef {
+pub struct TableRef {
     /// `None`: the client's configured database, else `currentDatabase()`.
     pub database: Option<String>,
+    /// The table's name, unquoted.
     pub table: String,
 }
 
 impl TableRef {
-    pub(crate) fn parse(text: &str) -> Result<TableRef, ClickHouseError> {
+    /// Parses `table`, `db.table` or their backtick-quoted forms; names are validated.
+    pub fn parse(text: &str) -> Result<TableRef, ClickHouseError> {
         let bad = |reason: &str| ClickHouseError::InvalidIdentifier {
             what: "table",
             name: text.chars().take(64).collect(),
@@ -139,7 +148,7 @@ impl TableRef {
     }
 
     /// `` `db`.`table` `` (or `` `table` ``) with `database` filling in a missing part.
-    pub(crate) fn quoted(&self, default_database: Option<&str>) -> String {
+    pub fn quoted(&self, default_database: Option<&str>) -> String {
         match self.database.as_deref().or(default_database) {
             Some(db) => format!("{}.{}", quote_identifier(db), quote_identifier(&self.table)),
             None => quote_identifier(&self.table),

@@ -4,7 +4,7 @@
 mod convert;
 mod decode;
 mod error;
-mod ident;
+pub mod ident;
 mod source;
 mod sql;
 mod stream;
