@@ -154,7 +154,10 @@ impl TableConfig {
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
-    /// Largest span of event time one run takes, so a long backlog is committed in steps.
+    /// Largest span of event time one run takes, so a long backlog is committed
+    /// in steps. Measured from the committed watermark, so it applies from the
+    /// second window on: the first window (from nothing) has no lower bound to
+    /// measure from and runs to the high watermark.
     pub fn max_window(&self) -> Option<Duration> {
         self.max_window
     }
