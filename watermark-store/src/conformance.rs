@@ -149,9 +149,13 @@ where
 /// The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
 /// features among its dev-dependencies.
 ///
-/// ```ignore
-/// async fn fresh_store() -> my_crate::MyStore { my_crate::MyStore::new_for_tests().await }
+/// ```no_run
+/// // In a test file of the crate that implements the store; here the
+/// // in-memory reference store stands in for yours.
+/// use offload_core::{SystemClock, memory::MemoryStore};
+/// async fn fresh_store() -> MemoryStore { MemoryStore::new(SystemClock) }
 /// offload_watermark_store::conformance_tests!(fresh_store);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
