@@ -590,7 +590,7 @@ impl Offloader {
     ) -> Result<(), CommitFailure> {
         let mut attempt = 1;
         loop {
-            let err = match self.sink.commit(table, staged, meta).await {
+            let mut err = match self.sink.commit(table, staged, meta).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -616,8 +616,16 @@ impl Offloader {
                 if matches!(err, Error::CommitConflict { .. }) {
                     return Err(CommitFailure::NotCommitted(err));
                 }
+                // Resolved: it did not land. Say so rather than "unknown", and
+                // treat it as the retryable sink failure it turned out to be.
+                if let Error::CommitOutcomeUnknown { source, .. } = err {
+                    err = Error::Sink {
+                        retryable: true,
+                        source: format!("commit did not land (checked): {source}").into(),
+                    };
+                }
             }
-            let retry = err.is_retryable() || matches!(err, Error::CommitOutcomeUnknown { .. });
+            let retry = err.is_retryable();
             if !retry || attempt >= self.retry.max_attempts_value() {
                 return Err(CommitFailure::NotCommitted(err));
             }

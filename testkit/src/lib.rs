@@ -153,6 +153,11 @@ impl ClickHouseFront {
         &self.url
     }
 
+    /// The front process's id; `None` for an external `CLICKHOUSE_URL` server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The chdb data directory; `None` for an external `CLICKHOUSE_URL` server.
     pub fn data_dir(&self) -> Option<&Path> {
         self.data_dir.as_ref().map(TempDir::path)
