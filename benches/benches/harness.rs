@@ -78,7 +78,7 @@ impl System {
             System::Ceiling => "0  ceiling: ArrowStream read, discarded",
             System::Source => "0b source: read + decode + convert, discarded",
             System::Engine => "1  offload: ClickHouse -> Iceberg",
-            System::EngineDefaults => "1d offload, all defaults",
+            System::EngineDefaults => "1d offload, all defaults (1 task, lz4)",
             System::Memory => "1b offload: in-memory Arrow -> Iceberg",
             System::Clickhouse => "2  ClickHouse INSERT INTO IcebergLocal",
             System::ClickhouseDefaults => "2d ClickHouse INSERT, default threads",
@@ -648,8 +648,14 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
         _ => {
             let defaults = system == System::EngineDefaults;
             let mut c = Command::new(std::env::current_exe()?);
+            let wire = if defaults {
+                // The source's default: LZ4 on the wire.
+                "lz4".to_owned()
+            } else {
+                format!("{:?}", args.wire).to_lowercase()
+            };
             c.args(["--child", system.name()])
-                .args(["--wire", &format!("{:?}", args.wire).to_lowercase()])
+                .args(["--wire", &wire])
                 .args(["--writer-tasks", if defaults { "1" } else { &writer_tasks }])
                 .args(["--batch-size", &args.batch_size.to_string()]);
             if !defaults {

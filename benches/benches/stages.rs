@@ -15,7 +15,7 @@
 //! | group | what one iteration does |
 //! |---|---|
 //! | `ipc` | arrow-ipc decodes the body (no conversion): the floor under `decode` |
-//! | `decode` | `ArrowStreamDecoder::decode`: IPC decode + type mapping + re-cut into 65,536-row batches |
+//! | `decode` | `ArrowStreamDecoder::decode`: IPC decode + type mapping + re-cut into 65,536-row batches, from ClickHouse's default blocks and from blocks of the batch size |
 //! | `convert` | `ArrowStreamDecoder::convert` on the wire batches: the type mapping/casts alone |
 //! | `parquet` | arrow-rs `ArrowWriter`, zstd-3, into memory: the encoder alone, no Iceberg |
 //! | `stage` | the Iceberg sink's `begin` / `write` / `finish`: partition split + zstd-3 Parquet files in the table's layout, not committed |
@@ -50,8 +50,11 @@ const WIDE_ROWS: u64 = 100_000;
 struct Shape {
     name: &'static str,
     rows: u64,
-    /// The window's ArrowStream body.
+    /// The window's ArrowStream body (ClickHouse's default block sizes).
     body: Bytes,
+    /// The same rows with the server asked for blocks of the batch size
+    /// (`max_block_size`, `preferred_block_size_bytes = 0`).
+    body_aligned: Bytes,
     decoder: ArrowStreamDecoder,
     /// The body as arrow-ipc decodes it (ClickHouse's types).
     wire: Vec<RecordBatch>,
@@ -151,14 +154,48 @@ async fn shape(
         .expect("high watermark")
         .expect("rows");
 
+    let sql = format!(
+        "SELECT {} FROM {DATABASE}.{name} ORDER BY {ts}, {seq}",
+        decoder.select_list()
+    );
+    let body = fetch(front, &sql, &[]).await;
+    let body_aligned = fetch(
+        front,
+        &sql,
+        &[("max_block_size", "65536"), ("preferred_block_size_bytes", "0")],
+    )
+    .await;
+    let wire = ipc_decode(&body);
+    let batches = decoder.decode(body.clone()).expect("decode");
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    eprintln!(
+        "{name}: {rows} rows, {} columns, {:.1} MB ArrowStream ({:.0} B/row), {} wire batches ({} with batch-size blocks)",
+        decoder.schema().fields().len(),
+        body.len() as f64 / 1e6,
+        body.len() as f64 / rows as f64,
+        wire.len(),
+        ipc_decode(&body_aligned).len(),
+    );
+    Shape {
+        name,
+        rows,
+        body,
+        body_aligned,
+        decoder,
+        wire,
+        batches,
+        table,
+        high,
+    }
+}
+
+/// The ArrowStream body of `sql`, sent with the decoder's settings and `extra`.
+async fn fetch(front: &ClickHouseFront, sql: &str, extra: &[(&str, &str)]) -> Bytes {
     let client = clickhouse::Client::default()
         .with_url(front.url())
         .with_compression(clickhouse::Compression::None);
-    let mut query = client.query_raw(&format!(
-        "SELECT {} FROM {DATABASE}.{name} ORDER BY {ts}, {seq}",
-        decoder.select_list()
-    ));
-    for (k, v) in ArrowStreamDecoder::server_settings() {
+    let mut query = client.query_raw(sql);
+    for (k, v) in ArrowStreamDecoder::server_settings().iter().chain(extra) {
         query = query.with_setting(*k, *v);
     }
     let mut cursor = query.fetch_bytes("ArrowStream").expect("query");
@@ -166,27 +203,7 @@ async fn shape(
     while let Some(chunk) = cursor.next().await.expect("fetch") {
         body.extend_from_slice(&chunk);
     }
-    let body = Bytes::from(body);
-    let wire = ipc_decode(&body);
-    let batches = decoder.decode(body.clone()).expect("decode");
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    eprintln!(
-        "{name}: {rows} rows, {} columns, {:.1} MB ArrowStream ({:.0} B/row), {} wire batches",
-        decoder.schema().fields().len(),
-        body.len() as f64 / 1e6,
-        body.len() as f64 / rows as f64,
-        wire.len()
-    );
-    Shape {
-        name,
-        rows,
-        body,
-        decoder,
-        wire,
-        batches,
-        table,
-        high,
-    }
+    Bytes::from(body)
 }
 
 fn ipc_decode(body: &Bytes) -> Vec<RecordBatch> {
@@ -231,12 +248,16 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("decode");
-    g.sample_size(20);
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
     for s in &f.shapes {
         g.throughput(s.throughput());
-        g.bench_function(s.name, |b| {
-            b.iter(|| s.decoder.decode(s.body.clone()).expect("decode"))
-        });
+        // ClickHouse's default blocks (8,192 rows here) are concatenated into
+        // 65,536-row batches; blocks of the batch size pass through.
+        for (blocks, body) in [("server_blocks", &s.body), ("batch_size_blocks", &s.body_aligned)] {
+            g.bench_function(format!("{}/{blocks}", s.name), |b| {
+                b.iter(|| s.decoder.decode(body.clone()).expect("decode"))
+            });
+        }
     }
     g.finish();
 
@@ -256,7 +277,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("parquet");
-    g.sample_size(10).measurement_time(Duration::from_secs(15));
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
     for s in &f.shapes {
         g.throughput(s.throughput());
         for (variant, props) in parquet_variants(s.decoder.schema(), &s.table) {
@@ -275,7 +296,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("stage");
-    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.sample_size(10).measurement_time(Duration::from_secs(25));
     for s in &f.shapes {
         let sink = sink(&f, &format!("stage-{}", s.name));
         let schema = s.decoder.schema().clone();
@@ -308,7 +329,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("commit");
-    g.sample_size(20);
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
     for s in &f.shapes {
         // A small window across two day partitions: what a commit costs does
         // not depend on the rows, only on the files and the table's history.
@@ -375,7 +396,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("memory_to_iceberg");
-    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.sample_size(10).measurement_time(Duration::from_secs(25));
     for s in &f.shapes {
         g.throughput(s.throughput());
         // The sink's default (one encoder task) and both cores.
