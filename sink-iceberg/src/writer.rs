@@ -28,6 +28,44 @@ use tokio::task::JoinHandle;
 use crate::IcebergSinkError;
 use crate::schema::Conformer;
 
+/// Turns Parquet's dictionary attempt off for top-level numeric, temporal and
+/// boolean columns. Prices, timestamps and sequence numbers are nearly unique,
+/// so the dictionary is built, found too large and thrown away for every page:
+/// profiling put that at ~19% of the engine's CPU on `bronze_trades`.
+/// Strings and nested columns keep dictionaries, where they pay.
+fn without_numeric_dictionaries(
+    mut props: parquet::file::properties::WriterPropertiesBuilder,
+    schema: &iceberg::spec::Schema,
+) -> parquet::file::properties::WriterPropertiesBuilder {
+    use iceberg::spec::{PrimitiveType as P, Type};
+    for field in schema.as_struct().fields() {
+        let numeric = matches!(
+            &*field.field_type,
+            Type::Primitive(
+                P::Boolean
+                    | P::Int
+                    | P::Long
+                    | P::Float
+                    | P::Double
+                    | P::Decimal { .. }
+                    | P::Date
+                    | P::Time
+                    | P::Timestamp
+                    | P::Timestamptz
+                    | P::TimestampNs
+                    | P::TimestamptzNs
+            )
+        );
+        if numeric {
+            props = props.set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::from(field.name.as_str()),
+                false,
+            );
+        }
+    }
+    props
+}
+
 /// What a finished staging hands to `commit`: the data files to append.
 #[derive(Debug, Clone)]
 pub(crate) struct StagedFiles {
@@ -139,8 +177,8 @@ impl IcebergStagingWriter {
                     reason: e.to_string(),
                 },
             )?))
-            .set_max_row_group_row_count(Some(plan.row_group_rows))
-            .build();
+            .set_max_row_group_row_count(Some(plan.row_group_rows));
+        let props = without_numeric_dictionaries(props, &plan.schema).build();
         let tracker = FileTracker::default();
         let cancel = Arc::new(AtomicBool::new(false));
         let handle = tokio::runtime::Handle::current();
