@@ -16,4 +16,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 step "cargo package --workspace"
+# Packaging verifies each crate against a temporary local registry holding its
+# siblings. Cargo never re-extracts a name and version it has unpacked before, so
+# a sibling changed since an earlier run (still 0.1.0) would be verified stale.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/offload-*
 cargo package --workspace --locked --allow-dirty --quiet
