@@ -19,5 +19,6 @@ step "cargo package --workspace"
 # Packaging verifies each crate against a temporary local registry holding its
 # siblings. Cargo never re-extracts a name and version it has unpacked before, so
 # a sibling changed since an earlier run (still 0.1.0) would be verified stale.
-rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/offload-*
+# The same holds for the tarballs an earlier run left in the (shared) target dir.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/offload-* "${CARGO_TARGET_DIR:-target}/package"
 cargo package --workspace --locked --allow-dirty --quiet
