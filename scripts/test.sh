@@ -19,6 +19,10 @@ step "cargo package --workspace"
 # Packaging verifies each crate against a temporary local registry holding its
 # siblings. Cargo never re-extracts a name and version it has unpacked before, so
 # a sibling changed since an earlier run (still 0.1.0) would be verified stale.
-# The same holds for the tarballs an earlier run left in the (shared) target dir.
-rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/offload-* "${CARGO_TARGET_DIR:-target}/package"
+# The same holds for what an earlier run left in the (shared) target dir: the
+# tarballs, and our crates compiled from them (registry crates are never rebuilt
+# for a changed source, since a published version cannot change).
+target="${CARGO_TARGET_DIR:-target}"
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/offload-* "$target/package" \
+    "$target"/debug/.fingerprint/offload-* "$target"/debug/deps/*offload_*
 cargo package --workspace --locked --allow-dirty --quiet
