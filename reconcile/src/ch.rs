@@ -170,6 +170,15 @@ pub(crate) fn quote_table(text: &str) -> Result<String, Error> {
         })
 }
 
+/// The partitions whose offset range `[lo, hi)` holds at least one offset.
+fn live_partitions(bounds: &BTreeMap<i32, (i64, i64)>) -> BTreeMap<i32, (i64, i64)> {
+    bounds
+        .iter()
+        .filter(|(_, b)| b.0 < b.1)
+        .map(|(p, b)| (*p, *b))
+        .collect()
+}
+
 /// What to compute for a table on the ClickHouse side.
 #[derive(Clone, Debug)]
 pub(crate) struct ChPlan {
@@ -629,11 +638,7 @@ impl ClickHouseLayer {
         bounds: &BTreeMap<i32, (i64, i64)>,
         limit: usize,
     ) -> Result<Vec<OffsetRange>, Error> {
-        let live: BTreeMap<i32, (i64, i64)> = bounds
-            .iter()
-            .filter(|(_, b)| b.0 < b.1)
-            .map(|(p, b)| (*p, *b))
-            .collect();
+        let live = live_partitions(bounds);
         if live.is_empty() {
             return Ok(Vec::new());
         }
@@ -695,11 +700,7 @@ impl ClickHouseLayer {
         bounds: &BTreeMap<i32, (i64, i64)>,
         limit: usize,
     ) -> Result<Vec<DupOffset>, Error> {
-        let live: BTreeMap<i32, (i64, i64)> = bounds
-            .iter()
-            .filter(|(_, b)| b.0 < b.1)
-            .map(|(p, b)| (*p, *b))
-            .collect();
+        let live = live_partitions(bounds);
         if live.is_empty() {
             return Ok(Vec::new());
         }
