@@ -5,13 +5,15 @@
 //! committed watermark, restarts between runs. Every source row must be in
 //! Iceberg exactly once and the store must agree with the table.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use offload_core::{CancellationToken, WatermarkStore};
 use offload_examples::app::App;
 use offload_examples::config::Config;
-use offload_testkit::{ClickHouseFront, repo_root, venv_python};
+use offload_testkit::{ClickHouseFront, repo_root};
+
+mod support;
 
 /// Exact figures, in the order `lake_figures.py` prints them.
 const FIGURES: &str = "count(), uniqExact(ts, seq), sum(toInt128(toUnixTimestamp64Micro(toDateTime64(ts, 6)))), \
@@ -111,22 +113,7 @@ impl Scenario {
         } else {
             format!("sqlite:///{}/catalog.db", self.dir.display())
         };
-        let out = Command::new(venv_python())
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_figures.py"))
-            .args([
-                &uri,
-                &self.catalog_name,
-                "lake.trades",
-                &format!("{}/warehouse", self.dir.display()),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        support::pyiceberg_figures(&uri, &self.catalog_name, &self.dir)
     }
 }
 

@@ -665,23 +665,30 @@ impl Lake {
             Catalog::Postgres => pg_url().replace("postgres://", "postgresql+psycopg2://"),
             Catalog::Sqlite => format!("sqlite:///{}/catalog.db", self.dir.display()),
         };
-        let out = Command::new(venv_python())
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_figures.py"))
-            .args([
-                &uri,
-                &self.catalog_name,
-                "lake.trades",
-                &format!("{}/warehouse", self.dir.display()),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pyiceberg failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        pyiceberg_figures(&uri, &self.catalog_name, &self.dir)
     }
+}
+
+/// `lake.trades` read by pyiceberg (`tests/lake_figures.py`) through the SQL
+/// catalog at SQLAlchemy URI `uri`, named `catalog_name`, with its warehouse
+/// under `dir`: the exact figures, tab-separated, in `lake_figures.py`'s order.
+pub fn pyiceberg_figures(uri: &str, catalog_name: &str, dir: &Path) -> String {
+    let out = Command::new(venv_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_figures.py"))
+        .args([
+            uri,
+            catalog_name,
+            "lake.trades",
+            &format!("{}/warehouse", dir.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl Drop for Lake {
