@@ -13,6 +13,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "feature matrix (clippy per crate and feature set)"
+bash scripts/features.sh
 step "cargo test"
 cargo test --workspace --locked
 step "cargo package --workspace"
