@@ -1,60 +1,41 @@
 //! Per-table offload configuration: [`TableConfig`] and its builder.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use crate::Error;
 
-/// How the sink should partition a table. A hint: sinks without partitions ignore it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Transform {
-    /// The column's value itself.
-    Identity,
-    /// Calendar year of a timestamp or date column.
-    Year,
-    /// Calendar month of a timestamp or date column.
-    Month,
-    /// Calendar day of a timestamp or date column (the default, on the timestamp column).
-    Day,
-    /// Hour of a timestamp column.
-    Hour,
-    /// Hash bucket `0..n` of the column's value.
-    Bucket(u32),
-    /// The value truncated to a width (strings: prefix length; integers: multiple of).
-    Truncate(u32),
+/// Adapter-specific options of one table, keyed by their type (like
+/// `http::Extensions`): each adapter defines its own option type and reads it
+/// in `open`, so core knows nothing of partitions or filters.
+#[derive(Clone, Default)]
+struct Options(HashMap<TypeId, Box<dyn AnyOption>>);
+
+trait AnyOption: Any + Send + Sync + fmt::Debug {
+    fn clone_box(&self) -> Box<dyn AnyOption>;
+    fn as_any(&self) -> &dyn Any;
 }
 
-/// One partition field: a source column and the transform applied to it.
-///
-/// ```
-/// use offload_core::{PartitionField, Transform};
-/// let f = PartitionField::new("exchange_timestamp", Transform::Day);
-/// assert_eq!(f.column(), "exchange_timestamp");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PartitionField {
-    column: String,
-    transform: Transform,
+impl<T: Clone + Send + Sync + fmt::Debug + 'static> AnyOption for T {
+    fn clone_box(&self) -> Box<dyn AnyOption> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
-impl PartitionField {
-    /// A partition field on `column` with `transform`.
-    pub fn new(column: impl Into<String>, transform: Transform) -> Self {
-        Self {
-            column: column.into(),
-            transform,
-        }
+impl Clone for Box<dyn AnyOption> {
+    fn clone(&self) -> Self {
+        (**self).clone_box()
     }
+}
 
-    /// The source column.
-    pub fn column(&self) -> &str {
-        &self.column
-    }
-
-    /// The transform.
-    pub fn transform(&self) -> &Transform {
-        &self.transform
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.values()).finish()
     }
 }
 
@@ -72,12 +53,12 @@ impl PartitionField {
 ///     .build()
 ///     .unwrap();
 /// assert_eq!(cfg.source_table(), "bronze_trades"); // defaults to the name
-/// assert_eq!(cfg.partitioning()[0].column(), "exchange_timestamp"); // day(ts) by default
+/// assert!(cfg.option::<u32>().is_none()); // no adapter options set
 ///
 /// let err = TableConfig::builder("t").build().unwrap_err();
 /// assert!(err.to_string().contains("timestamp_column"));
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct TableConfig {
     name: String,
     source_table: String,
@@ -88,7 +69,7 @@ pub struct TableConfig {
     lag: Duration,
     batch_size: usize,
     max_window: Option<Duration>,
-    partitioning: Vec<PartitionField>,
+    options: Options,
 }
 
 impl fmt::Debug for TableConfig {
@@ -100,6 +81,7 @@ impl fmt::Debug for TableConfig {
             .field("timestamp_column", &self.timestamp_column)
             .field("sequence_column", &self.sequence_column)
             .field("lag", &self.lag)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -118,7 +100,7 @@ impl TableConfig {
             lag: Duration::from_secs(300),
             batch_size: 65_536,
             max_window: None,
-            partitioning: None,
+            options: Options::default(),
         }
     }
 
@@ -161,9 +143,23 @@ impl TableConfig {
     pub fn max_window(&self) -> Option<Duration> {
         self.max_window
     }
-    /// Partition hint for the sink. Empty means unpartitioned.
-    pub fn partitioning(&self) -> &[PartitionField] {
-        &self.partitioning
+    /// The adapter option of type `T` set with [`TableConfigBuilder::option`], if any.
+    ///
+    /// ```
+    /// use offload_core::TableConfig;
+    /// #[derive(Clone, Debug, PartialEq)]
+    /// struct Filter(String);
+    /// let t = TableConfig::builder("t").timestamp_column("ts").sequence_column("seq")
+    ///     .option(Filter("venue = 'X'".into()))
+    ///     .build().unwrap();
+    /// assert_eq!(t.option::<Filter>(), Some(&Filter("venue = 'X'".into())));
+    /// assert_eq!(t.option::<u8>(), None);
+    /// ```
+    pub fn option<T: 'static>(&self) -> Option<&T> {
+        self.options
+            .0
+            .get(&TypeId::of::<T>())
+            .and_then(|o| (**o).as_any().downcast_ref())
     }
 }
 
@@ -179,7 +175,7 @@ pub struct TableConfigBuilder {
     lag: Duration,
     batch_size: usize,
     max_window: Option<Duration>,
-    partitioning: Option<Vec<PartitionField>>,
+    options: Options,
 }
 
 impl TableConfigBuilder {
@@ -227,14 +223,11 @@ impl TableConfigBuilder {
         self.max_window = Some(v);
         self
     }
-    /// Adds a partition field (replacing the default `day(timestamp_column)`).
-    pub fn partition_by(mut self, field: PartitionField) -> Self {
-        self.partitioning.get_or_insert_with(Vec::new).push(field);
-        self
-    }
-    /// No partitioning.
-    pub fn unpartitioned(mut self) -> Self {
-        self.partitioning = Some(Vec::new());
+    /// Sets an adapter option (one value per type; a second call replaces the
+    /// first). Adapters define the types and read them with [`TableConfig::option`]
+    /// when they open the table, and validate them there.
+    pub fn option<T: Clone + Send + Sync + fmt::Debug + 'static>(mut self, v: T) -> Self {
+        self.options.0.insert(TypeId::of::<T>(), Box::new(v));
         self
     }
 
@@ -291,26 +284,6 @@ impl TableConfigBuilder {
                 reason: "must be positive".into(),
             });
         }
-        let partitioning = self
-            .partitioning
-            .unwrap_or_else(|| vec![PartitionField::new(timestamp_column.clone(), Transform::Day)]);
-        for f in &partitioning {
-            identifier("partitioning", f.column.clone())?;
-            if let Transform::Bucket(0) | Transform::Truncate(0) = f.transform {
-                return Err(Error::InvalidConfig {
-                    field: "partitioning",
-                    reason: format!("{:?} on {:?} needs a positive parameter", f.transform, f.column),
-                });
-            }
-            if let Some(cols) = &columns
-                && !cols.contains(&f.column)
-            {
-                return Err(Error::InvalidConfig {
-                    field: "partitioning",
-                    reason: format!("column {:?} is not among the selected columns", f.column),
-                });
-            }
-        }
         Ok(TableConfig {
             name,
             source_table,
@@ -321,7 +294,7 @@ impl TableConfigBuilder {
             lag: self.lag,
             batch_size: self.batch_size,
             max_window: self.max_window,
-            partitioning,
+            options: self.options,
         })
     }
 }
@@ -377,16 +350,6 @@ mod tests {
             (base().source_table("a\0b"), "source_table"),
             (base().sink_table(""), "sink_table"),
             (base().max_window(Duration::ZERO), "max_window"),
-            (
-                base().partition_by(PartitionField::new("ts", Transform::Bucket(0))),
-                "partitioning",
-            ),
-            (
-                base()
-                    .columns(["x"])
-                    .partition_by(PartitionField::new("y", Transform::Identity)),
-                "partitioning",
-            ),
         ];
         for (b, field) in cases {
             match b.build() {
@@ -394,6 +357,19 @@ mod tests {
                 other => panic!("{field}: expected InvalidConfig, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn options_are_typed_replaced_and_cloned() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct A(u32);
+        #[derive(Clone, Debug, PartialEq)]
+        struct B(&'static str);
+        let c = base().option(A(1)).option(B("x")).option(A(2)).build().unwrap();
+        let copy = c.clone();
+        assert_eq!(copy.option::<A>(), Some(&A(2)));
+        assert_eq!(copy.option::<B>(), Some(&B("x")));
+        assert!(format!("{c:?}").contains("A(2)"));
     }
 
     #[test]

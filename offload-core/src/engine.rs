@@ -19,19 +19,26 @@
 //! The store running *ahead* of the sink can only mean outside interference
 //! (someone restored an old table, edited the store); the engine refuses to
 //! continue rather than skip the rows in between.
+//!
+//! # What the engine does not do
+//! Retries, timeouts, metrics per call and fault injection are
+//! [layers](crate::layer) around the parts. The engine keeps the protocol: the
+//! lease and its heartbeat, the reconciliation of store and sink, the window,
+//! staging, and the one loop that must know the protocol, resolving and
+//! retrying a commit.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_schema::SchemaRef;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::{Clock, SystemClock};
+use crate::layer::{self, Layered};
 use crate::{
-    CommitMetadata, Error, Lease, RetryPolicy, RunEvent, RunId, Sink, Source, Staged, TableConfig, Watermark,
-    WatermarkStore, Window, failpoint, metrics,
+    CommitMetadata, Error, Lease, RetryPolicy, RunEvent, RunId, Sink, SinkTable, Source, SourceTable, Staged,
+    TableConfig, Watermark, WatermarkStore, Window, metrics,
 };
 
 /// What a successful run did.
@@ -110,6 +117,7 @@ pub struct Offloader {
 #[derive(Debug)]
 pub struct OffloaderBuilder {
     inner: Offloader,
+    default_layers: bool,
 }
 
 impl OffloaderBuilder {
@@ -118,12 +126,17 @@ impl OffloaderBuilder {
         self.inner.engine_id = id.into();
         self
     }
-    /// Retry policy for retryable errors (default [`RetryPolicy::default`]).
+    /// Retry policy (default [`RetryPolicy::default`]): used by the default
+    /// [`Retry`](layer::Retry) layer around every idempotent call, and by the
+    /// engine's own commit loop, which retries a commit only once its outcome
+    /// is known.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.inner.retry = policy;
         self
     }
-    /// Lease length; renewed while a run reads (default 5 minutes).
+    /// Lease length (default 5 minutes). A heartbeat renews the lease every
+    /// third of it for the whole run, and the wait for each batch from the
+    /// source is bounded by it.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.inner.lease_ttl = ttl;
         self
@@ -144,8 +157,8 @@ impl OffloaderBuilder {
         self
     }
     /// How often [`Offloader::run_every`] asks the sink to delete orphaned
-    /// staged files left by crashes ([`Sink::cleanup`]; the sink decides what
-    /// is old enough to be safe). Default: at start-up and then hourly.
+    /// staged files left by crashes ([`SinkTable::cleanup`]; the sink decides
+    /// what is old enough to be safe). Default: at start-up and then hourly.
     pub fn cleanup_interval(mut self, every: Option<Duration>) -> Self {
         self.inner.cleanup_interval = every;
         self
@@ -153,6 +166,37 @@ impl OffloaderBuilder {
     /// Clock used for lag metrics (default the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.inner.clock = clock;
+        self
+    }
+    /// Takes the source, sink and store exactly as given, for programs that
+    /// stack their own [layers](crate::layer). By default [`build`](Self::build)
+    /// wraps each part in [`Retry`](layer::Retry) (with the [`retry`](Self::retry)
+    /// policy) inside [`Metrics`](layer::Metrics).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use offload_core::layer::{self, Metrics, Op, Retry, Timeout};
+    /// use offload_core::memory::{MemorySink, MemorySource, MemoryStore};
+    /// use offload_core::{Offloader, RetryPolicy, SystemClock};
+    ///
+    /// let retry = RetryPolicy::default();
+    /// let timeout = Timeout::new(Duration::from_secs(60)).op(Op::Commit, Duration::from_secs(300));
+    /// let source = layer::stack(MemorySource::new(SystemClock))
+    ///     .with(timeout.clone()).with(Retry::new(retry.clone())).with(Metrics).into_source();
+    /// let sink = layer::stack(MemorySink::new())
+    ///     .with(timeout.clone()).with(Retry::new(retry.clone())).with(Metrics).into_sink();
+    /// let store = layer::stack(MemoryStore::new(SystemClock))
+    ///     .with(timeout).with(Retry::new(retry.clone())).with(Metrics).into_store();
+    /// let engine = Offloader::builder(source, sink, store)
+    ///     .retry(retry)
+    ///     .without_default_layers()
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = engine;
+    /// ```
+    pub fn without_default_layers(mut self) -> Self {
+        self.default_layers = false;
         self
     }
     /// Validates and builds.
@@ -176,19 +220,107 @@ impl OffloaderBuilder {
         if e.pipeline_depth == 0 {
             return bad("pipeline_depth", "must be at least 1");
         }
-        Ok(self.inner)
+        let mut engine = self.inner;
+        if self.default_layers {
+            let retry = || layer::Retry::new(engine.retry.clone());
+            engine.source = Arc::new(Layered::new(layer::Metrics, Layered::new(retry(), engine.source)));
+            engine.sink = Arc::new(Layered::new(layer::Metrics, Layered::new(retry(), engine.sink)));
+            engine.store = Arc::new(Layered::new(layer::Metrics, Layered::new(retry(), engine.store)));
+        }
+        Ok(engine)
     }
 }
 
-/// How sure we are that a failed commit did not land, which decides whether
-/// its staged files may be deleted.
-enum CommitFailure {
+/// How a commit ended, which decides whether its staged files may be deleted.
+#[derive(Debug)]
+enum CommitOutcome {
+    /// The window is part of the sink (perhaps by an earlier attempt whose reply was lost).
+    Committed,
+    /// Known not to have landed: the staged files may go.
     NotCommitted(Error),
+    /// May have landed; the sink could not say. The files stay (a commit we
+    /// cannot see may reference them); the next run's reconciliation decides.
     InDoubt(Error),
 }
 
+/// The lease of one run, renewed in the background for as long as the run lasts.
+struct Heartbeat {
+    lease: Arc<Mutex<Lease>>,
+    lost: CancellationToken,
+    why: Arc<Mutex<Option<Error>>>,
+    _task: AbortOnDrop,
+}
+
+impl Heartbeat {
+    fn start(store: Arc<dyn WatermarkStore>, lease: Lease, ttl: Duration) -> Self {
+        let shared = Arc::new(Mutex::new(lease));
+        let lost = CancellationToken::new();
+        let why = Arc::new(Mutex::new(None));
+        let task = tokio::spawn({
+            let (shared, lost, why) = (shared.clone(), lost.clone(), why.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let current = shared.lock().expect("lease lock").clone();
+                    match store.renew_lease(&current, ttl).await {
+                        Ok(renewed) => *shared.lock().expect("lease lock") = renewed,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lease renewal failed: abandoning the run before its commit");
+                            *why.lock().expect("heartbeat lock") = Some(e);
+                            lost.cancel();
+                            return;
+                        }
+                    }
+                }
+            }
+            .in_current_span()
+        });
+        Self {
+            lease: shared,
+            lost,
+            why,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    fn lease(&self) -> Lease {
+        self.lease.lock().expect("lease lock").clone()
+    }
+
+    fn set(&self, lease: Lease) {
+        *self.lease.lock().expect("lease lock") = lease;
+    }
+
+    /// Why the heartbeat stopped: the renewal's error ([`Error::LeaseLost`]
+    /// when someone else took the table; a store error when the store could
+    /// not be reached through all retries).
+    fn lost_error(&self) -> Error {
+        self.why
+            .lock()
+            .expect("heartbeat lock")
+            .take()
+            .unwrap_or_else(|| {
+                let l = self.lease();
+                Error::LeaseLost {
+                    table: l.table,
+                    token: l.token,
+                }
+            })
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.lost.is_cancelled() {
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+}
+
 impl Offloader {
-    /// Starts a builder over the three parts.
+    /// Starts a builder over the three parts. [`build`](OffloaderBuilder::build)
+    /// wraps them in the default layers ([`Retry`](layer::Retry) inside
+    /// [`Metrics`](layer::Metrics)) unless
+    /// [`without_default_layers`](OffloaderBuilder::without_default_layers) is called.
     pub fn builder(
         source: Arc<dyn Source>,
         sink: Arc<dyn Sink>,
@@ -208,6 +340,7 @@ impl Offloader {
                 cleanup_interval: Some(Duration::from_secs(3600)),
                 clock: Arc::new(SystemClock),
             },
+            default_layers: true,
         }
     }
 
@@ -291,7 +424,7 @@ impl Offloader {
     pub async fn cleanup(&self, tables: &[TableConfig]) -> u64 {
         let mut removed = 0;
         for t in tables {
-            match self.sink.cleanup(t).await {
+            match async { self.sink.open(t).await?.cleanup().await }.await {
                 Ok(n) => {
                     removed += n;
                     metrics::orphans_removed(t.name(), n);
@@ -314,10 +447,8 @@ impl Offloader {
         let started = Instant::now();
         let name = table.name();
         let lease = match self
-            .retry
-            .retry("acquire lease", || {
-                self.store.acquire_lease(name, &self.engine_id, self.lease_ttl)
-            })
+            .store
+            .acquire_lease(name, &self.engine_id, self.lease_ttl)
             .await
         {
             Ok(l) => l,
@@ -326,18 +457,13 @@ impl Offloader {
                 return Err(e);
             }
         };
-        let mut lease = lease;
-        failpoint::hit("engine.after_lease");
-        let result = match self
-            .retry
-            .retry("record start", || {
-                self.store.record_run(&lease, RunEvent::Started { run_id })
-            })
-            .await
-        {
-            Ok(()) => self.run_leased(table, run_id, &mut lease, cancel, started).await,
+        let heartbeat = Heartbeat::start(self.store.clone(), lease.clone(), self.lease_ttl);
+        let result = match self.store.record_run(&lease, RunEvent::Started { run_id }).await {
+            Ok(()) => self.run_leased(table, run_id, &heartbeat, cancel, started).await,
             Err(e) => Err(e),
         };
+        let lease = heartbeat.lease();
+        drop(heartbeat);
         let duration = started.elapsed();
         let now = self.clock.now();
         let event = match &result {
@@ -366,11 +492,7 @@ impl Offloader {
         // Status and lease are bookkeeping: failing to write them must not turn a
         // committed run into an error, and a lost lease means someone else owns
         // the row now.
-        if let Err(e) = self
-            .retry
-            .retry("record outcome", || self.store.record_run(&lease, event.clone()))
-            .await
-        {
+        if let Err(e) = self.store.record_run(&lease, event).await {
             tracing::warn!(error = %e, "could not record run outcome");
         }
         if let Err(e) = self.store.release_lease(&lease).await {
@@ -383,33 +505,23 @@ impl Offloader {
         &self,
         table: &TableConfig,
         run_id: RunId,
-        lease: &mut Lease,
+        heartbeat: &Heartbeat,
         cancel: &CancellationToken,
         started: Instant,
     ) -> Result<RunSummary, Error> {
         let name = table.name();
-        let schema = self
-            .retry
-            .retry("read schema", || self.source.schema(table))
-            .await?;
-        self.retry
-            .retry("prepare sink", || self.sink.prepare(table, schema.clone()))
-            .await?;
+        // Fresh handles every run, so a schema change upstream is seen now.
+        let source = self.source.open(table).await?;
+        let sink = self.sink.open(table).await?;
+        let schema = source.schema();
+        sink.prepare(schema.clone()).await?;
 
         // The sink is the truth; the store follows it. Read the store first: the
         // store only ever moves up to what the sink already holds, so a store
         // value read before the sink's can never look ahead of it, even while
         // another engine advances both in between.
-        let stored = self
-            .retry
-            .retry("load store", || self.store.load(name))
-            .await?
-            .watermark;
-        let committed = self
-            .retry
-            .retry("read committed", || self.sink.committed(table))
-            .await?
-            .map(|c| c.until);
+        let stored = self.store.load(name).await?.watermark;
+        let committed = sink.committed().await?.map(|c| c.until);
         let rolled_forward = stored < committed;
         if stored > committed {
             return Err(Error::StoreAheadOfSink {
@@ -421,11 +533,7 @@ impl Offloader {
         if rolled_forward {
             let to = committed.expect("stored < committed implies Some");
             tracing::warn!(from = ?stored, to = ?to, "store behind sink (earlier crash after commit): rolling forward");
-            self.retry
-                .retry("roll store forward", || {
-                    self.store.compare_and_set(lease, stored, to)
-                })
-                .await?;
+            self.store.compare_and_set(&heartbeat.lease(), stored, to).await?;
         }
 
         let mut summary = RunSummary {
@@ -440,11 +548,7 @@ impl Offloader {
             rolled_forward,
         };
         let after = committed.unwrap_or(Watermark::MIN);
-        let Some(mut until) = self
-            .retry
-            .retry("high watermark", || self.source.high_watermark(table))
-            .await?
-        else {
+        let Some(mut until) = source.high_watermark().await? else {
             summary.duration = started.elapsed();
             return Ok(summary);
         };
@@ -462,29 +566,25 @@ impl Offloader {
         let window = Window::new(after, until)?;
         tracing::Span::current().record("window", tracing::field::display(window));
 
-        let (staged, renewed) = self
-            .retry
-            .retry("read and stage", || {
-                self.stage(table, run_id, schema.clone(), window, lease.clone(), cancel)
-            })
+        let staged = self
+            .stage(source.as_ref(), sink.as_ref(), run_id, window, heartbeat, cancel)
             .await?;
-        *lease = renewed;
 
         // Last exit before the point of no return: a lost lease or a shutdown
-        // abandons the window with nothing committed.
+        // abandons the window with nothing committed. The renewal also makes
+        // sure the lease is still ours at this moment, not a third of a TTL ago.
         let pre_commit = async {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            *lease = self
-                .retry
-                .retry("renew lease", || self.store.renew_lease(lease, self.lease_ttl))
-                .await?;
+            heartbeat.check()?;
+            let renewed = self.store.renew_lease(&heartbeat.lease(), self.lease_ttl).await?;
+            heartbeat.set(renewed);
             Ok(())
         }
         .await;
         if let Err(e) = pre_commit {
-            self.discard(table, staged).await;
+            discard(staged).await;
             return Err(e);
         }
 
@@ -492,53 +592,49 @@ impl Offloader {
             window,
             run_id,
             engine_id: self.engine_id.clone(),
-            fencing_token: lease.token,
+            fencing_token: heartbeat.lease().token,
         };
-        let (rows, bytes, files) = (staged.rows(), staged.bytes(), staged.files().len());
-        failpoint::hit("engine.before_commit");
-        match self.commit(table, &staged, &meta).await {
-            Ok(()) => {}
-            Err(CommitFailure::NotCommitted(e)) => {
-                self.discard(table, staged).await;
+        let stats = staged.stats().clone();
+        match self.commit(sink.as_ref(), staged.as_ref(), &meta).await {
+            CommitOutcome::Committed => {}
+            CommitOutcome::NotCommitted(e) => {
+                discard(staged).await;
                 return Err(e);
             }
             // The files may be referenced by a commit we cannot see: keep them.
-            Err(CommitFailure::InDoubt(e)) => return Err(e),
+            CommitOutcome::InDoubt(e) => return Err(e),
         }
-        tracing::info!(rows, files, "committed");
-        failpoint::hit("engine.after_commit");
+        tracing::info!(rows = stats.rows, files = stats.files.len(), "committed");
 
         // Data is durable. If the store update fails, the next run rolls it forward.
-        self.retry
-            .retry("advance store", || {
-                self.store.compare_and_set(lease, committed, until)
-            })
+        self.store
+            .compare_and_set(&heartbeat.lease(), committed, until)
             .await?;
-        failpoint::hit("engine.after_store_update");
 
         summary.window = Some(window);
-        summary.rows = rows;
-        summary.bytes = bytes;
-        summary.files = files;
+        summary.rows = stats.rows;
+        summary.bytes = stats.bytes;
+        summary.files = stats.files.len();
         summary.watermark = Some(until);
         summary.duration = started.elapsed();
         Ok(summary)
     }
 
-    /// Reads the window and stages it, returning the lease as renewed on the way.
-    /// The source is polled on its own task so decoding the next batches
-    /// overlaps encoding the current one.
+    /// Reads the window and stages it. The source is polled on its own task so
+    /// decoding the next batches overlaps encoding the current one; the wait
+    /// for each batch is bounded by the lease length, so a silent source fails
+    /// the run (retryably) instead of outliving the lease.
     async fn stage(
         &self,
-        table: &TableConfig,
+        source: &dyn SourceTable,
+        sink: &dyn SinkTable,
         run_id: RunId,
-        schema: SchemaRef,
         window: Window,
-        mut lease: Lease,
+        heartbeat: &Heartbeat,
         cancel: &CancellationToken,
-    ) -> Result<(Staged, Lease), Error> {
-        let mut stream = self.source.read(table, window).await?;
-        let mut writer = self.sink.begin(table, run_id, schema).await?;
+    ) -> Result<Box<dyn Staged>, Error> {
+        let mut stream = source.read(window).await?;
+        let mut writer = sink.begin(run_id, source.schema()).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(self.pipeline_depth);
         let reader = AbortOnDrop(tokio::spawn(async move {
             while let Some(item) = stream.next().await {
@@ -548,31 +644,31 @@ impl Offloader {
                 }
             }
         }));
-        let mut last_renewal = Instant::now();
-        let outcome: Result<(), Error> = async {
+        let ttl = self.lease_ttl;
+        let pump = async {
             loop {
-                let item = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return Err(Error::Cancelled),
-                    item = rx.recv() => item,
-                };
+                let item = tokio::time::timeout(ttl, rx.recv()).await.map_err(|_| {
+                    Error::source(
+                        format!("no batch from the source within {ttl:?} (the lease length)"),
+                        true,
+                    )
+                })?;
                 match item {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e),
                     Some(Ok(batch)) => writer.write(batch).await?,
                 }
-                failpoint::hit("engine.read_batch");
-                // Long windows outlive a lease: renew well before it lapses.
-                if last_renewal.elapsed() > self.lease_ttl / 3 {
-                    lease = self.store.renew_lease(&lease, self.lease_ttl).await?;
-                    last_renewal = Instant::now();
-                }
             }
-        }
-        .await;
+        };
+        let outcome: Result<(), Error> = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+            _ = heartbeat.lost.cancelled() => Err(heartbeat.lost_error()),
+            r = pump => r,
+        };
         drop(reader);
         match outcome {
-            Ok(()) => Ok((writer.finish().await?, lease)),
+            Ok(()) => writer.finish().await,
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
                     tracing::warn!(error = %abort, "could not abort staging; orphans left for cleanup");
@@ -582,68 +678,67 @@ impl Offloader {
         }
     }
 
+    /// The one retry loop the engine keeps: a commit may be retried only once
+    /// its previous attempt is known not to have landed.
     async fn commit(
         &self,
-        table: &TableConfig,
-        staged: &Staged,
+        sink: &dyn SinkTable,
+        staged: &dyn Staged,
         meta: &CommitMetadata,
-    ) -> Result<(), CommitFailure> {
-        let mut attempt = 1;
-        loop {
-            let mut err = match self.sink.commit(table, staged, meta).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            // Unknown outcome, or a conflict that may be our own earlier attempt
-            // landing: ask the sink before anything else.
-            if matches!(
-                err,
-                Error::CommitOutcomeUnknown { .. } | Error::CommitConflict { .. }
-            ) {
-                tracing::warn!(error = %err, "resolving commit outcome");
-                match self
-                    .retry
-                    .retry("resolve commit", || self.sink.was_committed(table, meta.run_id))
-                    .await
-                {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => {}
-                    Err(resolve) => {
-                        tracing::error!(error = %resolve, "commit outcome stays unknown");
-                        return Err(CommitFailure::InDoubt(err));
-                    }
+    ) -> CommitOutcome {
+        let attempts = self
+            .retry
+            .retry("sink.commit", || async move {
+                match commit_once(sink, staged, meta).await {
+                    CommitOutcome::NotCommitted(e) if e.is_retryable() => Err(e),
+                    other => Ok(other),
                 }
-                if matches!(err, Error::CommitConflict { .. }) {
-                    return Err(CommitFailure::NotCommitted(err));
-                }
-                // Resolved: it did not land. Say so rather than "unknown", and
-                // treat it as the retryable sink failure it turned out to be.
-                if let Error::CommitOutcomeUnknown { source, .. } = err {
-                    err = Error::Sink {
-                        retryable: true,
-                        source: format!("commit did not land (checked): {source}").into(),
-                    };
-                }
-            }
-            let retry = err.is_retryable();
-            if !retry || attempt >= self.retry.max_attempts_value() {
-                return Err(CommitFailure::NotCommitted(err));
-            }
-            let pause = self.retry.backoff(attempt);
-            tracing::warn!(attempt, ?pause, error = %err, "retrying commit");
-            tokio::time::sleep(pause).await;
-            attempt += 1;
-        }
+            })
+            .await;
+        attempts.unwrap_or_else(CommitOutcome::NotCommitted)
     }
+}
 
-    async fn discard(&self, table: &TableConfig, staged: Staged) {
-        if let Err(e) = self.sink.abort(table, staged).await {
-            tracing::warn!(error = %e, "could not delete staged files; orphans left for cleanup");
+/// One commit attempt, its outcome resolved with the sink when in doubt.
+async fn commit_once(sink: &dyn SinkTable, staged: &dyn Staged, meta: &CommitMetadata) -> CommitOutcome {
+    let err = match staged.commit(meta).await {
+        Ok(()) => return CommitOutcome::Committed,
+        Err(e) => e,
+    };
+    // Unknown outcome, or a conflict that may be our own earlier attempt
+    // landing: ask the sink before anything else.
+    if !matches!(
+        err,
+        Error::CommitOutcomeUnknown { .. } | Error::CommitConflict { .. }
+    ) {
+        return CommitOutcome::NotCommitted(err);
+    }
+    tracing::warn!(error = %err, "resolving commit outcome");
+    match sink.was_committed(meta.run_id).await {
+        Ok(true) => CommitOutcome::Committed,
+        Ok(false) => match err {
+            // Resolved: it did not land. Say so rather than "unknown", and
+            // treat it as the retryable sink failure it turned out to be.
+            Error::CommitOutcomeUnknown { source, .. } => CommitOutcome::NotCommitted(Error::Sink {
+                retryable: true,
+                source: format!("commit did not land (checked): {source}").into(),
+            }),
+            conflict => CommitOutcome::NotCommitted(conflict),
+        },
+        Err(resolve) => {
+            tracing::error!(error = %resolve, "commit outcome stays unknown");
+            CommitOutcome::InDoubt(err)
         }
     }
 }
 
-/// Aborts a spawned task when dropped, so a dropped run stops its reader.
+async fn discard(staged: Box<dyn Staged>) {
+    if let Err(e) = staged.discard().await {
+        tracing::warn!(error = %e, "could not delete staged files; orphans left for cleanup");
+    }
+}
+
+/// Aborts a spawned task when dropped, so a dropped run stops its reader and heartbeat.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -5,26 +5,32 @@ mod clock;
 mod config;
 mod engine;
 mod error;
-pub mod failpoint;
+pub mod layer;
 pub mod metrics;
+pub mod redact;
 mod retry;
 mod run;
 mod sink;
 mod source;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 mod store;
 mod watermark;
 
 #[cfg(feature = "testing")]
 pub mod memory;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{PartitionField, TableConfig, TableConfigBuilder, Transform};
+pub use config::{TableConfig, TableConfigBuilder};
 pub use engine::{Offloader, OffloaderBuilder, RunSummary, TableResult};
 pub use error::{BoxError, Error};
 pub use retry::RetryPolicy;
 pub use run::RunId;
-pub use sink::{CommitMetadata, CommittedWindow, Sink, Staged, StagingWriter};
-pub use source::{BatchStream, Source};
+pub use sink::{CommitMetadata, CommittedWindow, Sink, SinkTable, Staged, StagedStats, StagingWriter};
+pub use source::{BatchStream, Source, SourceTable};
 pub use store::{Lease, MAX_ERROR_LEN, RunEvent, RunStatus, TableState, WatermarkStore, truncate_error};
 pub use watermark::{Watermark, Window, micros_to_system_time, rfc3339_micros, system_time_to_micros};
 

@@ -78,3 +78,19 @@ pub(crate) fn failure(table: &str, err: &Error, duration: Duration, now: SystemT
     metrics::histogram!(RUN_DURATION_SECONDS, "table" => t.clone()).record(duration.as_secs_f64());
     metrics::gauge!(LAST_FAILURE_SECONDS, "table" => t).set(epoch_seconds(now));
 }
+
+/// Duration of one trait call, by `op` (e.g. `sink.commit`) and `table`
+/// (histogram, seconds; recorded by [`layer::Metrics`](crate::layer::Metrics)).
+pub const OPERATION_DURATION_SECONDS: &str = "offload_operation_duration_seconds";
+/// Failed trait calls, by `op`, `table` and error `kind` (counter; recorded by
+/// [`layer::Metrics`](crate::layer::Metrics)).
+pub const OPERATION_ERRORS_TOTAL: &str = "offload_operation_errors_total";
+
+pub(crate) fn operation(op: &'static str, table: &str, duration: Duration, err: Option<&Error>) {
+    metrics::histogram!(OPERATION_DURATION_SECONDS, "op" => op, "table" => table.to_owned())
+        .record(duration.as_secs_f64());
+    if let Some(e) = err {
+        metrics::counter!(OPERATION_ERRORS_TOTAL, "op" => op, "table" => table.to_owned(), "kind" => e.kind())
+            .increment(1);
+    }
+}

@@ -1,7 +1,8 @@
-//! The [`Sink`] trait: where rows go, committed atomically with their window.
+//! The [`Sink`] trait: where rows go, committed atomically with their window;
+//! [`SinkTable`], one opened table; [`StagingWriter`] and [`Staged`], one run's
+//! uncommitted output.
 
-use std::any::Any;
-use std::fmt;
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -52,70 +53,35 @@ pub struct CommittedWindow {
     pub fencing_token: Option<u64>,
 }
 
-/// Data written by a [`StagingWriter`] but not yet visible: files, rows, and a
-/// sink-specific payload (for example the data-file descriptors to append).
-pub struct Staged {
-    run_id: RunId,
-    rows: u64,
-    bytes: u64,
-    files: Vec<String>,
-    payload: Box<dyn Any + Send + Sync>,
+/// What a [`Staged`] holds: for logs, metrics and orphan cleanup.
+///
+/// ```
+/// use offload_core::{RunId, StagedStats};
+/// let s = StagedStats { run_id: RunId::new(), rows: 10, bytes: 1024, files: vec!["f1.parquet".into()] };
+/// assert_eq!(s.rows, 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StagedStats {
+    /// The run that staged it.
+    pub run_id: RunId,
+    /// Rows staged.
+    pub rows: u64,
+    /// Bytes written (encoded size).
+    pub bytes: u64,
+    /// Locations of the staged files.
+    pub files: Vec<String>,
 }
 
-impl Staged {
-    /// Bundles staged output. `files` are locations, for logs and orphan cleanup.
-    ///
-    /// ```
-    /// use offload_core::{RunId, Staged};
-    /// let s = Staged::new(RunId::new(), 10, 1024, vec!["f1.parquet".into()], 42u32);
-    /// assert_eq!(s.payload::<u32>(), Some(&42));
-    /// assert_eq!(s.rows(), 10);
-    /// ```
-    pub fn new<P: Any + Send + Sync>(
-        run_id: RunId,
-        rows: u64,
-        bytes: u64,
-        files: Vec<String>,
-        payload: P,
-    ) -> Self {
+impl StagedStats {
+    /// Bundles the figures.
+    pub fn new(run_id: RunId, rows: u64, bytes: u64, files: Vec<String>) -> Self {
         Self {
             run_id,
             rows,
             bytes,
             files,
-            payload: Box::new(payload),
         }
-    }
-    /// The run that staged it.
-    pub fn run_id(&self) -> RunId {
-        self.run_id
-    }
-    /// Rows staged.
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-    /// Bytes written (encoded size).
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-    /// Locations of the staged files.
-    pub fn files(&self) -> &[String] {
-        &self.files
-    }
-    /// The sink's own payload, if it is a `P`.
-    pub fn payload<P: Any>(&self) -> Option<&P> {
-        self.payload.downcast_ref()
-    }
-}
-
-impl fmt::Debug for Staged {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Staged")
-            .field("run_id", &self.run_id)
-            .field("rows", &self.rows)
-            .field("bytes", &self.bytes)
-            .field("files", &self.files.len())
-            .finish_non_exhaustive()
     }
 }
 
@@ -125,64 +91,142 @@ pub trait StagingWriter: Send {
     /// Stages one batch. May encode in the background; errors may surface on a later call.
     async fn write(&mut self, batch: RecordBatch) -> Result<(), Error>;
     /// Flushes and closes everything, returning what to commit.
-    async fn finish(self: Box<Self>) -> Result<Staged, Error>;
+    async fn finish(self: Box<Self>) -> Result<Box<dyn Staged>, Error>;
     /// Gives up, deleting what was written so far (best effort: leftovers are
-    /// orphans that [`Sink::cleanup`] removes).
+    /// orphans that [`SinkTable::cleanup`] removes).
     async fn abort(self: Box<Self>) -> Result<(), Error>;
 }
 
-/// A table store that windows are committed to.
+/// One run's staged output, not yet visible. It can only be committed to the
+/// table it was staged for: the adapter's own type holds what it needs (data
+/// file descriptors, batches), so nothing is downcast.
 ///
 /// # Contract
-/// 1. **Staging is invisible.** Nothing a [`StagingWriter`] writes is visible to
-///    readers or to [`committed`](Sink::committed) until `commit` succeeds.
-/// 2. **Atomic, fenced commit.** [`commit`](Sink::commit) makes all staged rows
-///    and the [`CommitMetadata`] visible together, or nothing. It succeeds only
-///    if the sink's committed watermark is exactly `meta.window.after()` at the
+/// 1. **Staging is invisible.** Nothing staged is visible to readers or to
+///    [`SinkTable::committed`] until [`commit`](Staged::commit) succeeds.
+/// 2. **Atomic, fenced commit.** `commit` makes all staged rows and the
+///    [`CommitMetadata`] visible together, or nothing. It succeeds only if the
+///    table's committed watermark is exactly `meta.window.after()` at the
 ///    moment of commit (no committed window counts as [`Watermark::MIN`]);
-///    otherwise it fails with [`Error::CommitConflict`] and changes nothing. This
-///    one check is what makes two racing writers, or a retry after a lost reply,
-///    unable to add a window twice.
+///    otherwise it fails with [`Error::CommitConflict`] and changes nothing.
+///    This one check is what makes two racing writers, or a retry after a lost
+///    reply, unable to add a window twice.
 /// 3. **Honest about doubt.** When the outcome cannot be known (timeout after
 ///    sending, connection lost), return [`Error::CommitOutcomeUnknown`]; the
-///    engine then asks [`was_committed`](Sink::was_committed).
-/// 4. **Self-describing.** [`committed`](Sink::committed) reads the last committed
-///    window from the sink itself, so after any crash the sink is the source of truth.
-/// 5. `commit` may be called again with the same [`Staged`] after a retryable
-///    error or a resolved unknown outcome.
+///    engine then asks [`SinkTable::was_committed`].
+/// 4. `commit` may be called again after a retryable error or a resolved
+///    unknown outcome.
+/// 5. [`discard`](Staged::discard) deletes the staged files and must refuse
+///    (typed error) if the run's commit is part of the table.
+#[async_trait]
+pub trait Staged: Send + Sync + std::fmt::Debug {
+    /// What was staged.
+    fn stats(&self) -> &StagedStats;
+    /// Commits the staged data with its metadata, atomically and fenced.
+    async fn commit(&self, meta: &CommitMetadata) -> Result<(), Error>;
+    /// Deletes staged data that will not be committed.
+    async fn discard(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// A table store that windows are committed to. [`open`](Sink::open) resolves
+/// one table once (its identifier, adapter options such as partitioning) and
+/// returns a [`SinkTable`]; the sink keeps no per-table state.
 ///
 /// The in-memory [`MemorySink`](crate::memory::MemorySink) (feature `testing`)
-/// is the reference implementation.
+/// is the reference implementation; [`conformance`](crate::conformance)
+/// (feature `conformance`) checks any implementation.
 #[async_trait]
 pub trait Sink: Send + Sync + std::fmt::Debug {
-    /// Makes sure the destination exists and accepts `schema` (create on first
-    /// use, evolve compatible changes, refuse incompatible ones).
-    async fn prepare(&self, table: &TableConfig, schema: SchemaRef) -> Result<(), Error>;
+    /// Resolves `table`. Does not create anything: a table that does not exist
+    /// yet has no committed window until [`SinkTable::prepare`] creates it.
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SinkTable>, Error>;
+}
 
-    /// Starts staging one run's data.
-    async fn begin(
-        &self,
-        table: &TableConfig,
-        run_id: RunId,
-        schema: SchemaRef,
-    ) -> Result<Box<dyn StagingWriter>, Error>;
+/// One table of a [`Sink`], opened with [`Sink::open`].
+///
+/// # Contract
+/// 1. **Self-describing.** [`committed`](SinkTable::committed) reads the last
+///    committed window from the table itself, so after any crash the sink is
+///    the source of truth.
+/// 2. **Prepare before begin.** [`prepare`](SinkTable::prepare) creates the
+///    table on first use, evolves compatible schema changes and refuses
+///    incompatible ones with a typed, non-retryable error.
+/// 3. [`cleanup`](SinkTable::cleanup) never deletes a committed file.
+#[async_trait]
+pub trait SinkTable: Send + Sync + std::fmt::Debug {
+    /// The configuration this handle was opened with.
+    fn config(&self) -> &TableConfig;
 
-    /// Commits staged data with its metadata, atomically and fenced (see the contract).
-    async fn commit(&self, table: &TableConfig, staged: &Staged, meta: &CommitMetadata) -> Result<(), Error>;
+    /// Makes sure the destination exists and accepts `schema`.
+    async fn prepare(&self, schema: SchemaRef) -> Result<(), Error>;
 
-    /// Deletes staged data that will not be committed.
-    async fn abort(&self, table: &TableConfig, staged: Staged) -> Result<(), Error>;
+    /// Starts staging one run's data of `schema`.
+    async fn begin(&self, run_id: RunId, schema: SchemaRef) -> Result<Box<dyn StagingWriter>, Error>;
 
     /// The last committed window, or `None` when nothing was ever committed.
-    async fn committed(&self, table: &TableConfig) -> Result<Option<CommittedWindow>, Error>;
+    async fn committed(&self) -> Result<Option<CommittedWindow>, Error>;
 
     /// Whether a commit by `run_id` is part of the table.
-    async fn was_committed(&self, table: &TableConfig, run_id: RunId) -> Result<bool, Error>;
+    async fn was_committed(&self, run_id: RunId) -> Result<bool, Error>;
 
     /// Deletes staged files that no commit references (left by crashes). Returns
     /// how many were removed. Must never delete a committed file.
-    async fn cleanup(&self, table: &TableConfig) -> Result<u64, Error> {
-        let _ = table;
+    async fn cleanup(&self) -> Result<u64, Error> {
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl<T: Sink + ?Sized> Sink for Arc<T> {
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SinkTable>, Error> {
+        (**self).open(table).await
+    }
+}
+
+#[async_trait]
+impl<T: SinkTable + ?Sized> SinkTable for Arc<T> {
+    fn config(&self) -> &TableConfig {
+        (**self).config()
+    }
+    async fn prepare(&self, schema: SchemaRef) -> Result<(), Error> {
+        (**self).prepare(schema).await
+    }
+    async fn begin(&self, run_id: RunId, schema: SchemaRef) -> Result<Box<dyn StagingWriter>, Error> {
+        (**self).begin(run_id, schema).await
+    }
+    async fn committed(&self) -> Result<Option<CommittedWindow>, Error> {
+        (**self).committed().await
+    }
+    async fn was_committed(&self, run_id: RunId) -> Result<bool, Error> {
+        (**self).was_committed(run_id).await
+    }
+    async fn cleanup(&self) -> Result<u64, Error> {
+        (**self).cleanup().await
+    }
+}
+
+#[async_trait]
+impl<T: StagingWriter + ?Sized> StagingWriter for Box<T> {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), Error> {
+        (**self).write(batch).await
+    }
+    async fn finish(self: Box<Self>) -> Result<Box<dyn Staged>, Error> {
+        T::finish(*self).await
+    }
+    async fn abort(self: Box<Self>) -> Result<(), Error> {
+        T::abort(*self).await
+    }
+}
+
+#[async_trait]
+impl<T: Staged + ?Sized> Staged for Box<T> {
+    fn stats(&self) -> &StagedStats {
+        (**self).stats()
+    }
+    async fn commit(&self, meta: &CommitMetadata) -> Result<(), Error> {
+        (**self).commit(meta).await
+    }
+    async fn discard(self: Box<Self>) -> Result<(), Error> {
+        T::discard(*self).await
     }
 }

@@ -1,4 +1,6 @@
-//! The [`Source`] trait: where rows come from.
+//! The [`Source`] trait: where rows come from, and [`SourceTable`], one opened table.
+
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -10,7 +12,27 @@ use crate::{Error, TableConfig, Watermark, Window};
 /// A stream of Arrow record batches, ended early by the first error.
 pub type BatchStream = BoxStream<'static, Result<RecordBatch, Error>>;
 
-/// A table store that rows are read from, window by window.
+/// A table store that rows are read from. [`open`](Source::open) resolves one
+/// table once (its schema, its layout, adapter options) and hands back a
+/// [`SourceTable`] that reads it window by window; the source itself keeps no
+/// per-table state.
+///
+/// # Contract
+/// 1. `open` fails with a classified error, naming the column, when the table
+///    cannot be read exactly (missing watermark columns, an unmappable type).
+/// 2. Opening is cheap enough to do once per run: the engine opens a fresh
+///    handle for every run, so a schema change upstream is seen by the next run.
+///
+/// The in-memory [`MemorySource`](crate::memory::MemorySource) (feature
+/// `testing`) is the reference implementation; [`conformance`](crate::conformance)
+/// (feature `conformance`) checks any implementation.
+#[async_trait]
+pub trait Source: Send + Sync + std::fmt::Debug {
+    /// Resolves `table` and returns a handle to read it with.
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SourceTable>, Error>;
+}
+
+/// One table of a [`Source`], opened with [`Source::open`].
 ///
 /// # Contract
 /// Every implementation must keep these promises; the engine's exactly-once
@@ -18,31 +40,54 @@ pub type BatchStream = BoxStream<'static, Result<RecordBatch, Error>>;
 /// 1. **Total order.** Each row has a position `(timestamp, sequence)` taken from
 ///    [`TableConfig::timestamp_column`] and [`TableConfig::sequence_column`];
 ///    positions are compared as pairs, never by timestamp alone.
-/// 2. **Complete below the high watermark.** [`high_watermark`](Source::high_watermark)
+/// 2. **Complete below the high watermark.** [`high_watermark`](SourceTable::high_watermark)
 ///    returns a position `h` such that every row that will ever exist at a
 ///    position `<= h` exists now. Implementations get this from a lag hold-back:
 ///    `h` is the largest existing position whose timestamp is at most
 ///    `now - lag` on the *source's* clock. `None` means no row is complete yet.
-/// 3. **Exact windows.** [`read`](Source::read) yields every row with
+/// 3. **Exact windows.** [`read`](SourceTable::read) yields every row with
 ///    `window.after() < position <= window.until()` exactly once and no other
-///    row, in batches of the schema returned by [`schema`](Source::schema).
+///    row, in batches of the schema returned by [`schema`](SourceTable::schema).
 ///    Order inside the window is not required.
 /// 4. **Streaming.** `read` must not buffer the whole window: memory stays
 ///    bounded by a few batches whatever the window size.
 /// 5. **Errors are classified**: [`Error::Source`] with `retryable` set for
 ///    transient faults (connection reset, timeouts, overload).
-///
-/// The in-memory [`MemorySource`](crate::memory::MemorySource) (feature
-/// `testing`) is the reference implementation.
 #[async_trait]
-pub trait Source: Send + Sync + std::fmt::Debug {
-    /// The Arrow schema of the rows `read` yields for `table`.
-    async fn schema(&self, table: &TableConfig) -> Result<SchemaRef, Error>;
+pub trait SourceTable: Send + Sync + std::fmt::Debug {
+    /// The configuration this handle was opened with.
+    fn config(&self) -> &TableConfig;
+
+    /// The Arrow schema of the rows [`read`](SourceTable::read) yields.
+    fn schema(&self) -> SchemaRef;
 
     /// The highest position whose data is complete (see the contract), or
     /// `None` when no row is complete yet.
-    async fn high_watermark(&self, table: &TableConfig) -> Result<Option<Watermark>, Error>;
+    async fn high_watermark(&self) -> Result<Option<Watermark>, Error>;
 
     /// Streams the rows in `window`.
-    async fn read(&self, table: &TableConfig, window: Window) -> Result<BatchStream, Error>;
+    async fn read(&self, window: Window) -> Result<BatchStream, Error>;
+}
+
+#[async_trait]
+impl<T: Source + ?Sized> Source for Arc<T> {
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SourceTable>, Error> {
+        (**self).open(table).await
+    }
+}
+
+#[async_trait]
+impl<T: SourceTable + ?Sized> SourceTable for Arc<T> {
+    fn config(&self) -> &TableConfig {
+        (**self).config()
+    }
+    fn schema(&self) -> SchemaRef {
+        (**self).schema()
+    }
+    async fn high_watermark(&self) -> Result<Option<Watermark>, Error> {
+        (**self).high_watermark().await
+    }
+    async fn read(&self, window: Window) -> Result<BatchStream, Error> {
+        (**self).read(window).await
+    }
 }

@@ -1,6 +1,7 @@
 //! The [`WatermarkStore`] trait: per-table watermark, lease and run status.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -271,4 +272,34 @@ pub trait WatermarkStore: Send + Sync + std::fmt::Debug {
 
     /// Marks abandoned runs failed; returns the tables recovered.
     async fn recover_stale_runs(&self, older_than: Duration) -> Result<Vec<String>, Error>;
+}
+
+#[async_trait]
+impl<T: WatermarkStore + ?Sized> WatermarkStore for Arc<T> {
+    async fn load(&self, table: &str) -> Result<TableState, Error> {
+        (**self).load(table).await
+    }
+    async fn acquire_lease(&self, table: &str, holder: &str, ttl: Duration) -> Result<Lease, Error> {
+        (**self).acquire_lease(table, holder, ttl).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<Lease, Error> {
+        (**self).renew_lease(lease, ttl).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<(), Error> {
+        (**self).release_lease(lease).await
+    }
+    async fn compare_and_set(
+        &self,
+        lease: &Lease,
+        expected: Option<Watermark>,
+        new: Watermark,
+    ) -> Result<(), Error> {
+        (**self).compare_and_set(lease, expected, new).await
+    }
+    async fn record_run(&self, lease: &Lease, event: RunEvent) -> Result<(), Error> {
+        (**self).record_run(lease, event).await
+    }
+    async fn recover_stale_runs(&self, older_than: Duration) -> Result<Vec<String>, Error> {
+        (**self).recover_stale_runs(older_than).await
+    }
 }

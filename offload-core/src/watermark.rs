@@ -162,28 +162,15 @@ impl FromStr for Watermark {
 /// ```
 /// assert_eq!(offload_core::rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
 /// assert_eq!(offload_core::rfc3339_micros(-1), "1969-12-31T23:59:59.999999Z");
+/// // Outside the calendar's range (years -9999 ..= 9999) the raw figure is shown.
+/// assert_eq!(offload_core::rfc3339_micros(i64::MAX), "9223372036854775807µs");
 /// ```
 pub fn rfc3339_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant): exact for the whole i64 day range we can reach.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    match jiff::Timestamp::from_microsecond(micros) {
+        Ok(ts) => format!("{ts:.6}"),
+        // Beyond jiff's range (years -9999..=9999): no calendar date to show.
+        Err(_) => format!("{micros}µs"),
+    }
 }
 
 /// The rows of one offload run: every position `p` with `after < p <= until`.
@@ -290,5 +277,6 @@ mod tests {
             "2026-01-01T00:00:00.123456Z"
         );
         assert_eq!(rfc3339_micros(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339_micros(i64::MIN), format!("{}µs", i64::MIN));
     }
 }

@@ -1,5 +1,5 @@
 //! In-memory [`Source`](crate::Source), [`Sink`](crate::Sink) and
-//! [`WatermarkStore`](crate::WatermarkStore) (feature `testing`, on by default).
+//! [`WatermarkStore`](crate::WatermarkStore) (feature `testing`).
 //!
 //! They are the reference implementations of the three contracts: small enough
 //! to read in one sitting, and what the engine's own property tests run against.

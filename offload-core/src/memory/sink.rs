@@ -7,13 +7,13 @@ use async_trait::async_trait;
 
 use super::{Row, from_batch};
 use crate::{
-    CommitMetadata, CommittedWindow, Error, RunId, Sink, Staged, StagingWriter, TableConfig, Watermark,
+    CommitMetadata, CommittedWindow, Error, RunId, Sink, SinkTable, Staged, StagedStats, StagingWriter,
+    TableConfig, Watermark,
 };
 
 #[derive(Debug, Default)]
 struct Table {
-    /// Committed files and their rows. Deleting a committed file loses its rows,
-    /// as it would on real storage; that is what makes careless aborts visible.
+    /// Committed files and their rows.
     files: Vec<(String, Vec<Row>)>,
     commits: Vec<CommitMetadata>,
 }
@@ -21,7 +21,7 @@ struct Table {
 #[derive(Debug, Default)]
 struct State {
     tables: HashMap<String, Table>,
-    /// Staged "files" not yet committed or aborted: what a crash leaves behind.
+    /// Staged "files" not yet committed or discarded: what a crash leaves behind.
     staged: HashSet<String>,
 }
 
@@ -66,14 +66,87 @@ impl MemorySink {
             .unwrap_or_default()
     }
 
-    /// Staged files neither committed nor aborted.
+    /// Staged files neither committed nor discarded.
     pub fn orphans(&self) -> usize {
         self.state.lock().expect("sink lock").staged.len()
     }
 }
 
+#[async_trait]
+impl Sink for MemorySink {
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SinkTable>, Error> {
+        Ok(Arc::new(MemorySinkTable {
+            config: table.clone(),
+            name: table.sink_table().to_owned(),
+            state: self.state.clone(),
+        }))
+    }
+}
+
+/// One opened table of a [`MemorySink`].
+#[derive(Debug)]
+struct MemorySinkTable {
+    config: TableConfig,
+    name: String,
+    state: Arc<Mutex<State>>,
+}
+
+#[async_trait]
+impl SinkTable for MemorySinkTable {
+    fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    async fn prepare(&self, _schema: SchemaRef) -> Result<(), Error> {
+        let mut state = self.state.lock().expect("sink lock");
+        state.tables.entry(self.name.clone()).or_default();
+        Ok(())
+    }
+
+    async fn begin(&self, run_id: RunId, _schema: SchemaRef) -> Result<Box<dyn StagingWriter>, Error> {
+        Ok(Box::new(Writer {
+            state: self.state.clone(),
+            table: self.name.clone(),
+            file: format!("mem://{}/{run_id}", self.name),
+            run_id,
+            rows: Vec::new(),
+        }))
+    }
+
+    async fn committed(&self) -> Result<Option<CommittedWindow>, Error> {
+        let state = self.state.lock().expect("sink lock");
+        Ok(state
+            .tables
+            .get(&self.name)
+            .and_then(|t| t.commits.last())
+            .map(|c| CommittedWindow {
+                until: c.window.until(),
+                run_id: Some(c.run_id),
+                engine_id: Some(c.engine_id.clone()),
+                fencing_token: Some(c.fencing_token),
+            }))
+    }
+
+    async fn was_committed(&self, run_id: RunId) -> Result<bool, Error> {
+        let state = self.state.lock().expect("sink lock");
+        Ok(state
+            .tables
+            .get(&self.name)
+            .is_some_and(|t| t.commits.iter().any(|c| c.run_id == run_id)))
+    }
+
+    async fn cleanup(&self) -> Result<u64, Error> {
+        let prefix = format!("mem://{}/", self.name);
+        let mut state = self.state.lock().expect("sink lock");
+        let before = state.staged.len();
+        state.staged.retain(|f| !f.starts_with(&prefix));
+        Ok((before - state.staged.len()) as u64)
+    }
+}
+
 struct Writer {
     state: Arc<Mutex<State>>,
+    table: String,
     file: String,
     run_id: RunId,
     rows: Vec<Row>,
@@ -86,20 +159,19 @@ impl StagingWriter for Writer {
         Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<Staged, Error> {
+    async fn finish(self: Box<Self>) -> Result<Box<dyn Staged>, Error> {
         self.state
             .lock()
             .expect("sink lock")
             .staged
             .insert(self.file.clone());
         let bytes = (self.rows.len() * std::mem::size_of::<Row>()) as u64;
-        Ok(Staged::new(
-            self.run_id,
-            self.rows.len() as u64,
-            bytes,
-            vec![self.file],
-            self.rows,
-        ))
+        Ok(Box::new(MemoryStaged {
+            stats: StagedStats::new(self.run_id, self.rows.len() as u64, bytes, vec![self.file]),
+            table: self.table,
+            rows: self.rows,
+            state: self.state,
+        }))
     }
 
     async fn abort(self: Box<Self>) -> Result<(), Error> {
@@ -107,88 +179,59 @@ impl StagingWriter for Writer {
     }
 }
 
+/// One run's staged rows, bound to the table they were staged for.
+#[derive(Debug)]
+struct MemoryStaged {
+    stats: StagedStats,
+    table: String,
+    rows: Vec<Row>,
+    state: Arc<Mutex<State>>,
+}
+
 #[async_trait]
-impl Sink for MemorySink {
-    async fn prepare(&self, _table: &TableConfig, _schema: SchemaRef) -> Result<(), Error> {
-        Ok(())
+impl Staged for MemoryStaged {
+    fn stats(&self) -> &StagedStats {
+        &self.stats
     }
 
-    async fn begin(
-        &self,
-        table: &TableConfig,
-        run_id: RunId,
-        _schema: SchemaRef,
-    ) -> Result<Box<dyn StagingWriter>, Error> {
-        Ok(Box::new(Writer {
-            state: self.state.clone(),
-            file: format!("mem://{}/{run_id}", table.sink_table()),
-            run_id,
-            rows: Vec::new(),
-        }))
-    }
-
-    async fn commit(&self, table: &TableConfig, staged: &Staged, meta: &CommitMetadata) -> Result<(), Error> {
-        let rows: &Vec<Row> = staged
-            .payload()
-            .ok_or_else(|| Error::sink(std::io::Error::other("not a memory-sink staging"), false))?;
+    async fn commit(&self, meta: &CommitMetadata) -> Result<(), Error> {
         let mut state = self.state.lock().expect("sink lock");
-        let t = state.tables.entry(table.sink_table().to_owned()).or_default();
+        let t = state.tables.entry(self.table.clone()).or_default();
         let found = t.commits.last().map(|c| c.window.until());
         if found.unwrap_or(Watermark::MIN) != meta.window.after() {
             return Err(Error::CommitConflict {
-                table: table.sink_table().to_owned(),
+                table: self.table.clone(),
                 expected: meta.window.after(),
                 found,
             });
         }
-        let file = staged.files().first().cloned().unwrap_or_default();
-        t.files.push((file, rows.clone()));
+        let file = self.stats.files.first().cloned().unwrap_or_default();
+        t.files.push((file, self.rows.clone()));
         t.commits.push(meta.clone());
-        for f in staged.files() {
+        for f in &self.stats.files {
             state.staged.remove(f);
         }
         Ok(())
     }
 
-    async fn abort(&self, table: &TableConfig, staged: Staged) -> Result<(), Error> {
+    async fn discard(self: Box<Self>) -> Result<(), Error> {
         let mut state = self.state.lock().expect("sink lock");
-        for f in staged.files() {
+        let committed = state
+            .tables
+            .get(&self.table)
+            .is_some_and(|t| t.commits.iter().any(|c| c.run_id == self.stats.run_id));
+        if committed {
+            return Err(Error::sink(
+                std::io::Error::other(format!(
+                    "refusing to discard run {}: its commit is part of table {}",
+                    self.stats.run_id, self.table
+                )),
+                false,
+            ));
+        }
+        for f in &self.stats.files {
             state.staged.remove(f);
-            // Deleting is deleting: if the file was committed after all, its rows are gone.
-            if let Some(t) = state.tables.get_mut(table.sink_table()) {
-                t.files.retain(|(name, _)| name != f);
-            }
         }
         Ok(())
-    }
-
-    async fn committed(&self, table: &TableConfig) -> Result<Option<CommittedWindow>, Error> {
-        let state = self.state.lock().expect("sink lock");
-        Ok(state
-            .tables
-            .get(table.sink_table())
-            .and_then(|t| t.commits.last())
-            .map(|c| CommittedWindow {
-                until: c.window.until(),
-                run_id: Some(c.run_id),
-                engine_id: Some(c.engine_id.clone()),
-                fencing_token: Some(c.fencing_token),
-            }))
-    }
-
-    async fn was_committed(&self, table: &TableConfig, run_id: RunId) -> Result<bool, Error> {
-        let state = self.state.lock().expect("sink lock");
-        Ok(state
-            .tables
-            .get(table.sink_table())
-            .is_some_and(|t| t.commits.iter().any(|c| c.run_id == run_id)))
-    }
-
-    async fn cleanup(&self, table: &TableConfig) -> Result<u64, Error> {
-        let prefix = format!("mem://{}/", table.sink_table());
-        let mut state = self.state.lock().expect("sink lock");
-        let before = state.staged.len();
-        state.staged.retain(|f| !f.starts_with(&prefix));
-        Ok((before - state.staged.len()) as u64)
     }
 }

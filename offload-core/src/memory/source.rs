@@ -5,13 +5,15 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 
 use super::{Row, schema, to_batch};
-use crate::{BatchStream, Clock, Error, Source, TableConfig, Watermark, Window, system_time_to_micros};
+use crate::{
+    BatchStream, Clock, Error, Source, SourceTable, TableConfig, Watermark, Window, system_time_to_micros,
+};
 
 /// An in-memory table store; see the [module docs](crate::memory).
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
-/// use offload_core::{ManualClock, Source, TableConfig, Watermark};
+/// use offload_core::{ManualClock, Source, SourceTable, TableConfig, Watermark};
 /// use offload_core::memory::MemorySource;
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(100));
@@ -20,13 +22,14 @@ use crate::{BatchStream, Clock, Error, Source, TableConfig, Watermark, Window, s
 /// let t = TableConfig::builder("t").timestamp_column("ts").sequence_column("seq")
 ///     .lag(Duration::from_secs(30)).build().unwrap();
 /// // The row at 99 s is within the 30 s lag of "now" (100 s): not complete yet.
-/// assert_eq!(src.high_watermark(&t).await.unwrap(), Some(Watermark::new(10_000_000, 1)));
+/// let handle = src.open(&t).await.unwrap();
+/// assert_eq!(handle.high_watermark().await.unwrap(), Some(Watermark::new(10_000_000, 1)));
 /// # });
 /// ```
 #[derive(Debug)]
 pub struct MemorySource {
     clock: Arc<dyn Clock>,
-    tables: Mutex<HashMap<String, Vec<Row>>>,
+    tables: Arc<Mutex<HashMap<String, Vec<Row>>>>,
 }
 
 impl MemorySource {
@@ -34,7 +37,7 @@ impl MemorySource {
     pub fn new(clock: impl Clock + 'static) -> Self {
         Self {
             clock: Arc::new(clock),
-            tables: Mutex::default(),
+            tables: Arc::default(),
         }
     }
 
@@ -64,16 +67,41 @@ impl MemorySource {
 
 #[async_trait]
 impl Source for MemorySource {
-    async fn schema(&self, table: &TableConfig) -> Result<SchemaRef, Error> {
-        Ok(schema(table))
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SourceTable>, Error> {
+        Ok(Arc::new(MemorySourceTable {
+            config: table.clone(),
+            schema: schema(table),
+            clock: self.clock.clone(),
+            tables: self.tables.clone(),
+        }))
+    }
+}
+
+/// One opened table of a [`MemorySource`].
+#[derive(Debug)]
+struct MemorySourceTable {
+    config: TableConfig,
+    schema: SchemaRef,
+    clock: Arc<dyn Clock>,
+    tables: Arc<Mutex<HashMap<String, Vec<Row>>>>,
+}
+
+#[async_trait]
+impl SourceTable for MemorySourceTable {
+    fn config(&self) -> &TableConfig {
+        &self.config
     }
 
-    async fn high_watermark(&self, table: &TableConfig) -> Result<Option<Watermark>, Error> {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn high_watermark(&self) -> Result<Option<Watermark>, Error> {
         let now = system_time_to_micros(self.clock.now());
-        let lag = i64::try_from(table.lag().as_micros()).unwrap_or(i64::MAX);
+        let lag = i64::try_from(self.config.lag().as_micros()).unwrap_or(i64::MAX);
         let horizon = now.saturating_sub(lag);
         let tables = self.tables.lock().expect("source lock");
-        Ok(tables.get(table.source_table()).and_then(|rows| {
+        Ok(tables.get(self.config.source_table()).and_then(|rows| {
             rows.iter()
                 .filter(|r| r.0 <= horizon)
                 .map(|r| Watermark::new(r.0, r.1))
@@ -81,12 +109,12 @@ impl Source for MemorySource {
         }))
     }
 
-    async fn read(&self, table: &TableConfig, window: Window) -> Result<BatchStream, Error> {
+    async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         let mut rows: Vec<Row> = self
             .tables
             .lock()
             .expect("source lock")
-            .get(table.source_table())
+            .get(self.config.source_table())
             .map(|rows| {
                 rows.iter()
                     .filter(|r| window.contains(Watermark::new(r.0, r.1)))
@@ -95,9 +123,9 @@ impl Source for MemorySource {
             })
             .unwrap_or_default();
         rows.sort_unstable();
-        let schema = schema(table);
+        let schema = self.schema.clone();
         let batches: Vec<_> = rows
-            .chunks(table.batch_size())
+            .chunks(self.config.batch_size())
             .map(|c| Ok(to_batch(schema.clone(), c)))
             .collect();
         Ok(Box::pin(futures::stream::iter(batches)))

@@ -1,0 +1,74 @@
+//! One classification of SQL driver errors (feature `sqlx`), shared by every
+//! crate that talks to a database through sqlx: the PostgreSQL watermark store
+//! and the SQL Iceberg catalog (SQLite or PostgreSQL).
+
+/// Whether `e` is transient: lost or refused connections, pool exhaustion,
+/// timeouts, SQLite's busy/locked codes and PostgreSQL's transient SQLSTATEs
+/// are; authentication, missing objects, constraint violations and decode
+/// errors are not.
+///
+/// ```
+/// use offload_core::sql::sqlx_retryable;
+/// assert!(sqlx_retryable(&sqlx::Error::PoolTimedOut));
+/// assert!(!sqlx_retryable(&sqlx::Error::RowNotFound));
+/// ```
+pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| sqlstate_retryable(&code))
+                || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
+/// Whether a database error code is transient: PostgreSQL SQLSTATEs
+/// (<https://www.postgresql.org/docs/current/errcodes-appendix.html>) and
+/// SQLite result codes (5 `SQLITE_BUSY`, 6 `SQLITE_LOCKED` and their extended
+/// codes such as 517 `BUSY_SNAPSHOT`).
+///
+/// ```
+/// use offload_core::sql::sqlstate_retryable;
+/// assert!(sqlstate_retryable("40001") && sqlstate_retryable("517"));
+/// assert!(!sqlstate_retryable("28P01"));
+/// ```
+pub fn sqlstate_retryable(code: &str) -> bool {
+    let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+    sqlite_busy
+        || code.starts_with("08") // connection_exception
+        || code.starts_with("53") // insufficient_resources (too many connections, disk full)
+        || matches!(
+            code,
+            "40001" // serialization_failure
+                | "40P01" // deadlock_detected
+                | "55P03" // lock_not_available
+                | "57014" // query_canceled (statement_timeout)
+                | "57P01" // admin_shutdown (backend terminated)
+                | "57P02" // crash_shutdown
+                | "57P03" // cannot_connect_now (starting up)
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_classified() {
+        for code in [
+            "08006", "53300", "40001", "40P01", "57P01", "57014", "5", "6", "517", "261",
+        ] {
+            assert!(sqlstate_retryable(code), "{code}");
+        }
+        for code in [
+            "28P01", "28000", "3D000", "42P01", "23505", "22021", "XX000", "19", "2067",
+        ] {
+            assert!(!sqlstate_retryable(code), "{code}");
+        }
+    }
+}
