@@ -19,10 +19,8 @@ async fn run_every_cleans_orphans_left_by_crashes() {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(10_000));
     let sink = Arc::new(MemorySink::new());
     // A crashed run's staged, never-committed output.
-    let writer = sink
-        .begin(&table(), RunId::new(), schema(&table()))
-        .await
-        .unwrap();
+    let handle = sink.open(&table()).await.unwrap();
+    let writer = handle.begin(RunId::new(), schema(&table())).await.unwrap();
     let _orphan = writer.finish().await.unwrap();
     assert_eq!(sink.orphans(), 1);
 

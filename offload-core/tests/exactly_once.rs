@@ -16,14 +16,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
-use async_trait::async_trait;
+use futures::future::BoxFuture;
+use offload_core::layer::{Elapsed, Layered, Op as LayerOp, Policy};
 use offload_core::memory::{MemorySink, MemorySource, MemoryStore, Row};
 use offload_core::{
-    BatchStream, CommitMetadata, CommittedWindow, Error, Lease, ManualClock, Offloader, RetryPolicy,
-    RunEvent, RunId, Sink, Source, Staged, StagingWriter, TableConfig, TableState, Watermark, WatermarkStore,
-    Window,
+    Error, ManualClock, Offloader, RetryPolicy, Sink, TableConfig, Watermark, WatermarkStore,
 };
 use proptest::prelude::*;
 use tokio::sync::Notify;
@@ -138,105 +135,35 @@ impl Plan {
     }
 }
 
-macro_rules! faulty {
-    ($plan:expr, $call:expr) => {{
-        let f = $plan.hit();
-        $plan.before(f).await?;
-        let r = $call.await;
-        $plan.after(f, r).await
-    }};
-}
-
+/// The plan as a layer: every trait call of the run goes through it.
 #[derive(Debug)]
-struct FSource(Arc<MemorySource>, Arc<Plan>);
-#[derive(Debug)]
-struct FSink(MemorySink, Arc<Plan>);
-#[derive(Debug)]
-struct FStore(MemoryStore, Arc<Plan>);
-struct FWriter(Box<dyn StagingWriter>, Arc<Plan>);
+struct PlanPolicy(Arc<Plan>);
 
-#[async_trait]
-impl Source for FSource {
-    async fn schema(&self, t: &TableConfig) -> Result<SchemaRef, Error> {
-        faulty!(self.1, self.0.schema(t))
-    }
-    async fn high_watermark(&self, t: &TableConfig) -> Result<Option<Watermark>, Error> {
-        faulty!(self.1, self.0.high_watermark(t))
-    }
-    async fn read(&self, t: &TableConfig, w: Window) -> Result<BatchStream, Error> {
-        faulty!(self.1, self.0.read(t, w))
-    }
-}
-
-#[async_trait]
-impl StagingWriter for FWriter {
-    async fn write(&mut self, b: RecordBatch) -> Result<(), Error> {
-        faulty!(self.1, self.0.write(b))
-    }
-    async fn finish(self: Box<Self>) -> Result<Staged, Error> {
-        let plan = self.1.clone();
-        faulty!(plan, self.0.finish())
-    }
-    async fn abort(self: Box<Self>) -> Result<(), Error> {
-        let plan = self.1.clone();
-        faulty!(plan, self.0.abort())
-    }
-}
-
-#[async_trait]
-impl Sink for FSink {
-    async fn prepare(&self, t: &TableConfig, s: SchemaRef) -> Result<(), Error> {
-        faulty!(self.1, self.0.prepare(t, s))
-    }
-    async fn begin(&self, t: &TableConfig, r: RunId, s: SchemaRef) -> Result<Box<dyn StagingWriter>, Error> {
-        let w = faulty!(self.1, self.0.begin(t, r, s))?;
-        Ok(Box::new(FWriter(w, self.1.clone())))
-    }
-    async fn commit(&self, t: &TableConfig, s: &Staged, m: &CommitMetadata) -> Result<(), Error> {
-        let f = self.1.hit();
-        self.1.before(f).await?;
-        let r = self.0.commit(t, s, m).await;
-        match f {
-            Some(Fault::LostReply) => Err(Error::CommitOutcomeUnknown {
-                run_id: m.run_id,
-                source: "connection reset during commit".into(),
-            }),
-            _ => self.1.after(f, r).await,
-        }
-    }
-    async fn abort(&self, t: &TableConfig, s: Staged) -> Result<(), Error> {
-        faulty!(self.1, self.0.abort(t, s))
-    }
-    async fn committed(&self, t: &TableConfig) -> Result<Option<CommittedWindow>, Error> {
-        faulty!(self.1, self.0.committed(t))
-    }
-    async fn was_committed(&self, t: &TableConfig, r: RunId) -> Result<bool, Error> {
-        faulty!(self.1, self.0.was_committed(t, r))
-    }
-}
-
-#[async_trait]
-impl WatermarkStore for FStore {
-    async fn load(&self, t: &str) -> Result<TableState, Error> {
-        faulty!(self.1, self.0.load(t))
-    }
-    async fn acquire_lease(&self, t: &str, h: &str, ttl: Duration) -> Result<Lease, Error> {
-        faulty!(self.1, self.0.acquire_lease(t, h, ttl))
-    }
-    async fn renew_lease(&self, l: &Lease, ttl: Duration) -> Result<Lease, Error> {
-        faulty!(self.1, self.0.renew_lease(l, ttl))
-    }
-    async fn release_lease(&self, l: &Lease) -> Result<(), Error> {
-        faulty!(self.1, self.0.release_lease(l))
-    }
-    async fn compare_and_set(&self, l: &Lease, e: Option<Watermark>, n: Watermark) -> Result<(), Error> {
-        faulty!(self.1, self.0.compare_and_set(l, e, n))
-    }
-    async fn record_run(&self, l: &Lease, e: RunEvent) -> Result<(), Error> {
-        faulty!(self.1, self.0.record_run(l, e))
-    }
-    async fn recover_stale_runs(&self, d: Duration) -> Result<Vec<String>, Error> {
-        faulty!(self.1, self.0.recover_stale_runs(d))
+impl Policy for PlanPolicy {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: LayerOp,
+        _table: &'a str,
+        call: &'a mut (dyn FnMut() -> BoxFuture<'a, Result<T, Error>> + Send + 'a),
+    ) -> BoxFuture<'a, Result<T, Error>> {
+        Box::pin(async move {
+            let plan = &self.0;
+            let f = plan.hit();
+            plan.before(f).await?;
+            let r = call().await;
+            match f {
+                // The commit's reply never arrives: the layer reports a deadline,
+                // which a wrapped `Staged` turns into CommitOutcomeUnknown.
+                Some(Fault::LostReply) if op == LayerOp::Commit => Err(Error::sink(
+                    Elapsed {
+                        op,
+                        after: Duration::ZERO,
+                    },
+                    false,
+                )),
+                _ => plan.after(f, r).await,
+            }
+        })
     }
 }
 
@@ -250,7 +177,7 @@ struct World {
 }
 
 impl World {
-    fn new(max_window: Option<u8>) -> Self {
+    fn new(max_window: Option<u8>, sink: MemorySink) -> Self {
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let mut b = TableConfig::builder("t")
             .timestamp_column("ts")
@@ -262,7 +189,7 @@ impl World {
         }
         World {
             source: Arc::new(MemorySource::new(clock.clone())),
-            sink: MemorySink::new(),
+            sink,
             store: MemoryStore::new(clock.clone()),
             table: b.build().unwrap(),
             clock,
@@ -274,9 +201,9 @@ impl World {
     fn engine(&mut self, plan: &Arc<Plan>) -> Offloader {
         self.next_engine += 1;
         Offloader::builder(
-            Arc::new(FSource(self.source.clone(), plan.clone())),
-            Arc::new(FSink(self.sink.clone(), plan.clone())),
-            Arc::new(FStore(self.store.clone(), plan.clone())),
+            Arc::new(Layered::new(PlanPolicy(plan.clone()), self.source.clone())),
+            Arc::new(Layered::new(PlanPolicy(plan.clone()), self.sink.clone())),
+            Arc::new(Layered::new(PlanPolicy(plan.clone()), self.store.clone())),
         )
         .engine_id(format!("engine-{}", self.next_engine))
         .lease_ttl(LEASE_TTL)
@@ -401,7 +328,8 @@ impl World {
         prop_assert_eq!(stored, self.committed(), "store caught up with the sink");
         // Crashes leave staged files behind; cleanup removes exactly those.
         let orphans = self.sink.orphans() as u64;
-        prop_assert_eq!(self.sink.cleanup(&self.table).await.unwrap(), orphans);
+        let handle = self.sink.open(&self.table).await.unwrap();
+        prop_assert_eq!(handle.cleanup().await.unwrap(), orphans);
         prop_assert_eq!(self.sink.orphans(), 0);
         Ok(())
     }
@@ -414,6 +342,39 @@ fn cases() -> u32 {
         .unwrap_or(256)
 }
 
+/// One generated history: apply the ops, checking after each, then drain.
+fn scenario(max_window: Option<u8>, ops: &[Op], sink: MemorySink) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut world = World::new(max_window, sink);
+        for op in ops {
+            match op {
+                Op::Insert {
+                    offset_ms,
+                    count,
+                    seqs,
+                } => world.insert(*offset_ms, *count, seqs),
+                Op::Advance { secs } => world.clock.advance(Duration::from_secs(u64::from(*secs))),
+                Op::Run { fault } => world.run(*fault).await?,
+                Op::ExpireLeases => world.clock.advance(LEASE_TTL + Duration::from_secs(1)),
+            }
+            world.check()?;
+        }
+        world.drain().await
+    })
+}
+
+fn history() -> impl Strategy<Value = (Option<u8>, Vec<Op>)> {
+    (
+        proptest::option::of(0u8..120),
+        proptest::collection::vec(op(), 1..40),
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
@@ -423,23 +384,29 @@ proptest! {
     })]
 
     #[test]
-    fn exactly_once_under_faults(
-        max_window in proptest::option::of(0u8..120),
-        ops in proptest::collection::vec(op(), 1..40),
-    ) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-        rt.block_on(async {
-            let mut world = World::new(max_window);
-            for op in &ops {
-                match op {
-                    Op::Insert { offset_ms, count, seqs } => world.insert(*offset_ms, *count, seqs),
-                    Op::Advance { secs } => world.clock.advance(Duration::from_secs(u64::from(*secs))),
-                    Op::Run { fault } => world.run(*fault).await?,
-                    Op::ExpireLeases => world.clock.advance(LEASE_TTL + Duration::from_secs(1)),
-                }
-                world.check()?;
-            }
-            world.drain().await
-        })?;
+    fn exactly_once_under_faults((max_window, ops) in history()) {
+        scenario(max_window, &ops, MemorySink::new())?;
+    }
+}
+
+/// The state machine can fail: with the sink's fence switched off, some
+/// history (a lost commit reply retried, a stalled engine whose lease lapsed)
+/// appends a window twice, and the invariants say so.
+#[test]
+fn a_sink_without_its_fence_is_caught() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 512,
+        max_shrink_iters: 0,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let outcome = runner.run(&history(), |(max_window, ops)| {
+        scenario(max_window, &ops, MemorySink::unfenced())
+    });
+    match outcome {
+        Err(proptest::test_runner::TestError::Fail(why, _)) => {
+            assert!(why.to_string().contains("exactly once"), "{why}");
+        }
+        other => panic!("an unfenced sink passed the exactly-once state machine: {other:?}"),
     }
 }

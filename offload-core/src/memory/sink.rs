@@ -36,12 +36,24 @@ struct State {
 #[derive(Debug, Default, Clone)]
 pub struct MemorySink {
     state: Arc<Mutex<State>>,
+    unfenced: bool,
 }
 
 impl MemorySink {
     /// An empty sink.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sink whose commit skips the fence: deliberately broken, so tests can
+    /// show that the engine's property tests and the sink conformance suite
+    /// catch a sink without one. Never use it for anything else.
+    #[doc(hidden)]
+    pub fn unfenced() -> Self {
+        Self {
+            unfenced: true,
+            ..Self::default()
+        }
     }
 
     /// Every committed row of `table` (sink table name), sorted; duplicates stay visible.
@@ -79,6 +91,7 @@ impl Sink for MemorySink {
             config: table.clone(),
             name: table.sink_table().to_owned(),
             state: self.state.clone(),
+            unfenced: self.unfenced,
         }))
     }
 }
@@ -89,6 +102,7 @@ struct MemorySinkTable {
     config: TableConfig,
     name: String,
     state: Arc<Mutex<State>>,
+    unfenced: bool,
 }
 
 #[async_trait]
@@ -105,6 +119,7 @@ impl SinkTable for MemorySinkTable {
 
     async fn begin(&self, run_id: RunId, _schema: SchemaRef) -> Result<Box<dyn StagingWriter>, Error> {
         Ok(Box::new(Writer {
+            unfenced: self.unfenced,
             state: self.state.clone(),
             table: self.name.clone(),
             file: format!("mem://{}/{run_id}", self.name),
@@ -145,6 +160,7 @@ impl SinkTable for MemorySinkTable {
 }
 
 struct Writer {
+    unfenced: bool,
     state: Arc<Mutex<State>>,
     table: String,
     file: String,
@@ -171,6 +187,7 @@ impl StagingWriter for Writer {
             table: self.table,
             rows: self.rows,
             state: self.state,
+            unfenced: self.unfenced,
         }))
     }
 
@@ -186,6 +203,7 @@ struct MemoryStaged {
     table: String,
     rows: Vec<Row>,
     state: Arc<Mutex<State>>,
+    unfenced: bool,
 }
 
 #[async_trait]
@@ -198,7 +216,7 @@ impl Staged for MemoryStaged {
         let mut state = self.state.lock().expect("sink lock");
         let t = state.tables.entry(self.table.clone()).or_default();
         let found = t.commits.last().map(|c| c.window.until());
-        if found.unwrap_or(Watermark::MIN) != meta.window.after() {
+        if found.unwrap_or(Watermark::MIN) != meta.window.after() && !self.unfenced {
             return Err(Error::CommitConflict {
                 table: self.table.clone(),
                 expected: meta.window.after(),
