@@ -1,7 +1,7 @@
 //! [`ArrowStreamDecoder`]: ClickHouse `ArrowStream` bytes to the source's
 //! Arrow batches, as a stage of its own.
 //!
-//! [`ClickHouseSource::read`](offload_core::Source::read) sends a query,
+//! [`ClickHouseTable::read`](offload_core::SourceTable::read) sends a query,
 //! streams the response body and decodes it chunk by chunk. This module offers
 //! the decoding half alone — the same schema checks, the same type
 //! conversions, the same re-cutting into batches — for bytes obtained any other
@@ -25,9 +25,8 @@ const DEFAULT_BATCH_SIZE: usize = 65_536;
 /// Decodes a ClickHouse `ArrowStream` response into batches of the source's
 /// target schema (the type mapping in the crate README).
 ///
-/// Get one for a table from [`ClickHouseSource::decoder`](crate::ClickHouseSource::decoder)
-/// (the columns are discovered like [`Source::schema`](offload_core::Source::schema)
-/// does), or offline from column names and ClickHouse type names with
+/// Get one for an opened table from [`ClickHouseTable::decoder`](crate::ClickHouseTable::decoder)
+/// (the columns discovered when it was opened), or offline from column names and ClickHouse type names with
 /// [`from_columns`](Self::from_columns). The bytes must come from a query
 /// selecting [`select_list`](Self::select_list) with the
 /// [`server_settings`](Self::server_settings).
@@ -145,7 +144,7 @@ impl ArrowStreamDecoder {
     ///
     /// Errors: [`ClickHouseError::Decode`] for a stream of another shape,
     /// [`ClickHouseError::Truncated`] when it lacks its end-of-stream marker,
-    /// and the conversion errors of [`Source::read`](offload_core::Source::read)
+    /// and the conversion errors of [`SourceTable::read`](offload_core::SourceTable::read)
     /// (`ValueOutOfRange`, `InvalidUtf8`, ...), naming the column.
     pub fn decode(&self, body: Bytes) -> Result<Vec<RecordBatch>, ClickHouseError> {
         let mut decoding = Decoding::new(self.shape.clone(), self.batch_size);

@@ -139,7 +139,8 @@ pub enum ClickHouseError {
     #[error("ClickHouse transport error: {0}")]
     Transport(#[source] clickhouse::error::Error),
 
-    /// A call or a stream made no progress within the configured timeout.
+    /// A window's response made no progress within the configured
+    /// `stream_idle_timeout`.
     #[error("ClickHouse {what} timed out after {after:?}")]
     Timeout {
         /// What was waited for.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod columns;
 mod convert;
 mod decode;
 mod error;
@@ -8,9 +9,14 @@ pub mod ident;
 mod source;
 mod sql;
 mod stream;
-mod types;
+mod table;
+pub mod types;
 
 pub use decode::ArrowStreamDecoder;
 pub use error::ClickHouseError;
-pub use source::{ClickHouseSource, ClickHouseSourceBuilder, Compression};
+pub use source::{
+    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, Compression,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+};
+pub use table::ClickHouseTable;
 pub use types::{SubMicrosecond, UInt64Mapping};

@@ -30,7 +30,7 @@ const ARROW_EOS: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
 /// What a window's batches must look like.
 #[derive(Debug)]
 pub(crate) struct BatchShape {
-    /// The target schema (what `Source::schema` returned).
+    /// The target schema (what `SourceTable::schema` returns).
     pub schema: SchemaRef,
     /// The ClickHouse type of each column, in schema order.
     pub types: Vec<ChType>,
@@ -241,7 +241,7 @@ impl Decoding {
 pub(crate) struct WindowReader {
     cursor: BytesCursor,
     /// A chunk read ahead (the first one, so errors before any data surface
-    /// from `Source::read` itself).
+    /// from `SourceTable::read` itself).
     first: Option<Bytes>,
     decoding: Decoding,
     idle_timeout: Duration,

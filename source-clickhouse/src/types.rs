@@ -1,10 +1,29 @@
-//! ClickHouse type names: parsing, the mapping to Arrow, and the server-side
-//! casts some types need before they are sent as ArrowStream.
+//! ClickHouse type names parsed into a typed AST ([`ChType`]), the mapping to
+//! Arrow, and the server-side casts some types need before they are sent as
+//! ArrowStream.
 //!
-//! The mapping is documented in the README (the table there is the contract);
-//! [`ChType::arrow_type`] implements it.
+//! The parser is the one this crate uses for every column it reads; it is
+//! public so that other tools looking at ClickHouse tables (reconciliation,
+//! schema checks) read type names exactly the same way. Pair it with
+//! [`columns::discover`](crate::columns::discover), which lists a table's
+//! columns with their parsed types.
+//!
+//! ```
+//! use offload_source_clickhouse::types::ChType;
+//!
+//! let t = ChType::parse("LowCardinality(Nullable(DateTime64(9, 'UTC')))").unwrap();
+//! assert!(t.is_nullable());
+//! assert_eq!(t.base(), &ChType::DateTime64 { precision: 9, tz: Some("UTC".into()) });
+//! assert_eq!(t.to_string(), "LowCardinality(Nullable(DateTime64(9, 'UTC')))");
+//! // Types this crate does not map still parse, as `Unsupported` with their text.
+//! assert_eq!(ChType::parse("JSON").unwrap(), ChType::Unsupported("JSON".into()));
+//! assert!(ChType::parse("Array(Int32").is_err());
+//! ```
+//!
+//! The mapping is documented in the README (the table there is the contract).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Fields, TimeUnit};
@@ -46,7 +65,7 @@ pub enum SubMicrosecond {
     /// `Timestamp(Nanosecond, "UTC")`: exact (for Iceberg v3 `timestamptz_ns`).
     /// `DateTime64(7|8)` values beyond 2262-04-11 do not fit and fail the read.
     Nanoseconds,
-    /// Refuse such columns in `schema()` with
+    /// Refuse such columns when the table is opened, with
     /// [`ClickHouseError::UnsupportedType`](crate::ClickHouseError::UnsupportedType).
     Refuse,
 }
@@ -58,57 +77,127 @@ pub(crate) struct MappingOptions {
     pub sub_micros: SubMicrosecond,
 }
 
-/// A parsed ClickHouse data type.
+/// A parsed ClickHouse data type, as `system.columns`, `DESCRIBE` or
+/// `toTypeName` print it.
+///
+/// [`parse`](Self::parse) then [`Display`](fmt::Display) (or
+/// [`sql`](Self::sql)) gives back equivalent type text. Type names this crate
+/// has no mapping for still parse, as [`Unsupported`](Self::Unsupported);
+/// only malformed text is an error.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ChType {
+#[non_exhaustive]
+pub enum ChType {
+    /// `Int8` .. `Int256`, `UInt8` .. `UInt256`.
     Int {
+        /// 8, 16, 32, 64, 128 or 256.
         bits: u16,
+        /// `IntN` (true) or `UIntN` (false).
         signed: bool,
     },
+    /// `Float32`.
     Float32,
+    /// `Float64`.
     Float64,
+    /// `BFloat16`.
     BFloat16,
+    /// `Decimal(P, S)`, and `Decimal32/64/128/256(S)` with P = 9/18/38/76.
     Decimal {
+        /// Total digits.
         precision: u8,
+        /// Digits after the point.
         scale: u8,
     },
+    /// `Bool`.
     Bool,
+    /// `String` (bytes, not necessarily UTF-8).
     String,
+    /// `FixedString(N)`: N bytes, zero padded.
     FixedString(i32),
+    /// `Date`: days since 1970-01-01 as `UInt16`.
     Date,
+    /// `Date32`: days since 1970-01-01 as `Int32`.
     Date32,
+    /// `DateTime` / `DateTime('tz')`: seconds since the epoch as `UInt32`.
     DateTime {
+        /// The column's display time zone, if any.
         tz: Option<String>,
     },
+    /// `DateTime64(p)` / `DateTime64(p, 'tz')`: `Int64` ticks of `10^-p` s.
     DateTime64 {
+        /// Digits after the second (0..=9 in practice).
         precision: u8,
+        /// The column's display time zone, if any.
         tz: Option<String>,
     },
+    /// `UUID`.
     Uuid,
+    /// `IPv4`.
     Ipv4,
+    /// `IPv6`.
     Ipv6,
-    /// Enum8 or Enum16 with its (name, value) pairs, kept for rendering.
+    /// `Enum8(...)` or `Enum16(...)`.
     Enum {
+        /// 8 or 16.
         bits: u8,
+        /// The `(name, value)` pairs, in declaration order.
         values: Vec<(String, i16)>,
     },
+    /// `Nullable(T)`.
     Nullable(Box<ChType>),
+    /// `LowCardinality(T)` (a storage detail: the values are those of `T`).
     LowCardinality(Box<ChType>),
+    /// `Array(T)`.
     Array(Box<ChType>),
+    /// `Map(K, V)`.
     Map(Box<ChType>, Box<ChType>),
+    /// `Tuple(T, ...)` / `Tuple(name T, ...)`: elements with their names, if named.
     Tuple(Vec<(Option<String>, ChType)>),
+    /// `Nested(name T, ...)`.
     Nested(Vec<(String, ChType)>),
-    /// A type this crate does not map (JSON, Dynamic, Variant, geo, ...): its text.
+    /// A type this crate does not map (JSON, Dynamic, Variant, geo,
+    /// AggregateFunction, Time, Interval, ...), with its full text.
+    /// (`SimpleAggregateFunction(f, T)` parses as `T`, the stored value.)
     Unsupported(String),
 }
 
-/// A type-name parse failure, with the position in the text.
+/// Type text that is not well-formed (unbalanced parentheses, an unterminated
+/// quote, a bad argument), with the position in the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ParseError(pub String);
+pub struct ParseError(pub(crate) String);
+
+impl ParseError {
+    /// What was wrong, and where.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot parse the ClickHouse type: {}", self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl fmt::Display for ChType {
+    /// The type as ClickHouse type text (same as [`sql`](ChType::sql)).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.sql())
+    }
+}
+
+impl std::str::FromStr for ChType {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ChType::parse(s)
+    }
+}
 
 impl ChType {
-    /// Parses a type as printed by `system.columns` / `toTypeName`.
-    pub(crate) fn parse(text: &str) -> Result<ChType, ParseError> {
+    /// Parses a type as printed by `system.columns`, `DESCRIBE` or `toTypeName`.
+    pub fn parse(text: &str) -> Result<ChType, ParseError> {
         let mut p = Parser {
             s: text.as_bytes(),
             i: 0,
@@ -121,8 +210,9 @@ impl ChType {
         Ok(t)
     }
 
-    /// Strips `Nullable` and `LowCardinality`, which do not change the values.
-    pub(crate) fn base(&self) -> &ChType {
+    /// The type without its `Nullable` and `LowCardinality` wrappers, which
+    /// do not change the values.
+    pub fn base(&self) -> &ChType {
         match self {
             ChType::Nullable(t) | ChType::LowCardinality(t) => t.base(),
             t => t,
@@ -130,7 +220,7 @@ impl ChType {
     }
 
     /// Whether the values may be NULL (`Nullable(T)`, possibly inside `LowCardinality`).
-    pub(crate) fn is_nullable(&self) -> bool {
+    pub fn is_nullable(&self) -> bool {
         match self {
             ChType::Nullable(_) => true,
             ChType::LowCardinality(t) => t.is_nullable(),
@@ -320,7 +410,7 @@ impl ChType {
     }
 
     /// Renders the type back as ClickHouse type text.
-    pub(crate) fn sql(&self) -> String {
+    pub fn sql(&self) -> String {
         match self {
             ChType::Int { bits, signed } => format!("{}Int{bits}", if *signed { "" } else { "U" }),
             ChType::Float32 => "Float32".into(),

@@ -113,8 +113,8 @@ async fn five_million_row_window_streams_in_bounded_memory() {
         .lag(Duration::ZERO)
         .build()
         .unwrap();
-    source.schema(&table).await.unwrap();
-    let high = source.high_watermark(&table).await.unwrap().expect("rows exist");
+    let table = source.open(&table).await.unwrap();
+    let high = table.high_watermark().await.unwrap().expect("rows exist");
     assert_eq!(high.sequence(), ROWS - 1);
     let window = Window::new(Watermark::MIN, high).unwrap();
 
@@ -124,7 +124,7 @@ async fn five_million_row_window_streams_in_bounded_memory() {
     PEAK.store(baseline, Ordering::Relaxed);
     let started = Instant::now();
 
-    let mut stream = source.read(&table, window).await.unwrap();
+    let mut stream = table.read(window).await.unwrap();
     let (mut rows, mut batches, mut max_batch) = (0u64, 0u64, 0usize);
     while let Some(batch) = stream.next().await {
         let batch = batch.unwrap();

@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{TestDb, everything, read_all};
+use common::{TestDb, everything, open, read_all};
 use futures::StreamExt;
-use offload_core::{Source, TableConfig};
-use offload_source_clickhouse::{ClickHouseError, ClickHouseSource};
+use offload_core::layer::{Elapsed, Layered, Op, Timeout};
+use offload_core::{Source, SourceTable, TableConfig};
+use offload_source_clickhouse::{ClickHouseError, ClickHouseSource, ClickHouseTableOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,6 +37,17 @@ fn config() -> TableConfig {
         .unwrap()
 }
 
+/// [`config`] with an extra filter.
+fn filtered(filter: impl Into<String>) -> TableConfig {
+    TableConfig::builder("bronze_trades")
+        .timestamp_column("exchange_timestamp")
+        .sequence_column("sequence_number")
+        .batch_size(1000)
+        .option(ClickHouseTableOptions::new().filter(filter))
+        .build()
+        .unwrap()
+}
+
 /// The crate's error inside the engine error, with the engine's `retryable` flag.
 fn inner(err: &offload_core::Error) -> (&ClickHouseError, bool) {
     let offload_core::Error::Source { source, retryable } = err else {
@@ -49,8 +61,8 @@ fn inner(err: &offload_core::Error) -> (&ClickHouseError, bool) {
 }
 
 /// Reads the window and returns (batches before the error, the error).
-async fn read_until_error(source: &ClickHouseSource, table: &TableConfig) -> (usize, offload_core::Error) {
-    let mut stream = match source.read(table, everything()).await {
+async fn read_until_error(table: &(impl SourceTable + ?Sized)) -> (usize, offload_core::Error) {
+    let mut stream = match table.read(everything()).await {
         Ok(s) => s,
         Err(e) => return (0, e),
     };
@@ -65,6 +77,22 @@ async fn read_until_error(source: &ClickHouseSource, table: &TableConfig) -> (us
         }
     }
     panic!("the read succeeded ({batches} batches) but must fail")
+}
+
+/// The operation whose deadline elapsed, from core's Timeout layer: a
+/// retryable source error.
+fn elapsed_op(err: &offload_core::Error) -> Op {
+    let offload_core::Error::Source {
+        source,
+        retryable: true,
+    } = err
+    else {
+        panic!("not a retryable source error: {err:?}")
+    };
+    source
+        .downcast_ref::<Elapsed>()
+        .unwrap_or_else(|| panic!("not a deadline: {source:?}"))
+        .op
 }
 
 fn server_code(err: &offload_core::Error) -> (i32, bool) {
@@ -96,7 +124,7 @@ async fn hostile_identifiers_are_refused() {
         "`x`; DROP DATABASE d; --",
         "a.b.c",
     ] {
-        let err = source.schema(&with_table(t)).await.unwrap_err();
+        let err = source.open(&with_table(t)).await.unwrap_err();
         assert!(
             matches!(
                 inner(&err),
@@ -111,7 +139,7 @@ async fn hostile_identifiers_are_refused() {
         "bronze_trades' OR '1'='1",
         "`x'); DROP TABLE bronze_trades; --`.bronze_trades",
     ] {
-        let err = source.schema(&with_table(t)).await.unwrap_err();
+        let err = source.open(&with_table(t)).await.unwrap_err();
         assert!(
             matches!(inner(&err), (ClickHouseError::TableNotFound { .. }, false)),
             "{t}: {err:?}"
@@ -122,7 +150,7 @@ async fn hostile_identifiers_are_refused() {
         .database("default`; DROP TABLE x; --")
         .build()
         .unwrap();
-    let err = evil_db.schema(&with_table("bronze_trades")).await.unwrap_err();
+    let err = evil_db.open(&with_table("bronze_trades")).await.unwrap_err();
     assert_eq!(server_code(&err), (81, false), "UNKNOWN_DATABASE: {err}");
 
     // Column names must be columns of the table.
@@ -141,22 +169,23 @@ async fn hostile_identifiers_are_refused() {
         if let Some(c) = cols {
             b = b.columns([c]);
         }
-        let err = source.schema(&b.build().unwrap()).await.unwrap_err();
+        let err = source.open(&b.build().unwrap()).await.unwrap_err();
         assert!(
             matches!(inner(&err), (ClickHouseError::ColumnNotFound { .. }, false)),
             "{err:?}"
         );
     }
-    // A filter cannot break out of its parentheses.
-    let err = db
-        .source()
-        .filter("bronze_trades", "1) OR (1")
-        .build()
-        .unwrap_err();
-    assert!(
-        matches!(err, ClickHouseError::InvalidConfig { field: "filter", .. }),
-        "{err:?}"
-    );
+    // A filter cannot break out of its parentheses: refused by open, before any query.
+    for filter in ["1) OR (1", "1 = 1; DROP TABLE bronze_trades", "1 -- comment"] {
+        let err = source.open(&filtered(filter)).await.unwrap_err();
+        assert!(
+            matches!(
+                inner(&err),
+                (ClickHouseError::InvalidConfig { field: "filter", .. }, false)
+            ),
+            "{filter}: {err:?}"
+        );
+    }
     assert_eq!(count().trim(), "100", "nothing was dropped");
 
     // Odd but legal names are quoted exactly: backticks, backslashes, quotes, dots.
@@ -185,15 +214,15 @@ async fn hostile_identifiers_are_refused() {
         .sequence_column(seq)
         .build()
         .unwrap();
-    let schema = source.schema(&odd).await.unwrap();
-    assert_eq!(schema.field(2).name(), "v'al");
-    let rows: usize = read_all(&source, &odd, everything())
+    let odd = open(&source, &odd).await;
+    assert_eq!(odd.schema().field(2).name(), "v'al");
+    let rows: usize = read_all(&odd, everything())
         .await
         .iter()
         .map(|b| b.num_rows())
         .sum();
     assert_eq!(rows, 5);
-    assert!(source.high_watermark(&odd).await.unwrap().is_some());
+    assert!(odd.high_watermark().await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +230,7 @@ async fn server_errors_are_typed_and_classified() {
     let db = TestDb::new("server");
     trades(&db, 200_000);
     let table = config();
+    let source = db.source().build().unwrap();
 
     // Filters that fail on the server: type mismatch, syntax, unknown identifier.
     for (filter, code) in [
@@ -208,9 +238,8 @@ async fn server_errors_are_typed_and_classified() {
         ("price >", 62),
         ("no_such_column = 1", 47),
     ] {
-        let source = db.source().filter("bronze_trades", filter).build().unwrap();
-        source.schema(&table).await.unwrap();
-        let (_, err) = read_until_error(&source, &table).await;
+        let table = open(&source, &filtered(filter)).await;
+        let (_, err) = read_until_error(&table).await;
         assert_eq!(server_code(&err), (code, false), "{filter}: {err}");
         assert_eq!(err.kind(), "source");
     }
@@ -222,36 +251,41 @@ async fn server_errors_are_typed_and_classified() {
         ("max_execution_time", "0.000001", 159),
     ] {
         let source = db.source().setting(setting, value).build().unwrap();
-        let err = match source.schema(&table).await {
+        let err = match source.open(&table).await {
             Err(e) => e,
-            Ok(_) => read_until_error(&source, &table).await.1,
+            Ok(t) => match t.high_watermark().await {
+                Err(e) => e,
+                Ok(_) => read_until_error(&*t).await.1,
+            },
         };
         assert_eq!(server_code(&err), (code, true), "{setting}: {err}");
     }
 
     // An exception in the middle of the response, after batches were delivered.
     let last = 199_999;
-    let source = db
+    let single = db
         .source()
         .setting("max_threads", "1")
         .setting("max_block_size", "10000")
-        .filter("bronze_trades", format!("throwIf(sequence_number = {last}) = 0"))
         .build()
         .unwrap();
-    source.schema(&table).await.unwrap();
-    let (batches, err) = read_until_error(&source, &table).await;
+    let throwing = open(
+        &single,
+        &filtered(format!("throwIf(sequence_number = {last}) = 0")),
+    )
+    .await;
+    let (batches, err) = read_until_error(&throwing).await;
     assert!(batches > 0, "the exception should come mid-stream");
     assert_eq!(server_code(&err), (395, false), "{err}");
 
-    // The table disappears between schema() and read(): UNKNOWN_TABLE.
-    let source = db.source().build().unwrap();
-    source.schema(&table).await.unwrap();
+    // The table disappears between open() and read(): UNKNOWN_TABLE.
+    let opened = open(&source, &table).await;
     db.query(&format!("DROP TABLE `{}`.bronze_trades", db.name));
-    let (_, err) = read_until_error(&source, &table).await;
+    let (_, err) = read_until_error(&opened).await;
     assert_eq!(server_code(&err), (60, false), "{err}");
-    let err = source.high_watermark(&table).await.unwrap_err();
+    let err = opened.high_watermark().await.unwrap_err();
     assert_eq!(server_code(&err), (60, false), "{err}");
-    let err = source.schema(&table).await.unwrap_err();
+    let err = source.open(&table).await.unwrap_err();
     assert!(
         matches!(inner(&err), (ClickHouseError::TableNotFound { .. }, false)),
         "{err:?}"
@@ -298,9 +332,8 @@ async fn connection_lost_mid_stream_is_retryable() {
     trades(&db, 300_000);
     let url = cutting_proxy(db.url(), 256 * 1024).await;
     let source = ClickHouseSource::builder(url).database(&db.name).build().unwrap();
-    let table = config();
-    source.schema(&table).await.unwrap();
-    let (batches, err) = read_until_error(&source, &table).await;
+    let table = open(&source, &config()).await;
+    let (batches, err) = read_until_error(&table).await;
     let (e, retryable) = inner(&err);
     assert!(retryable, "{err}");
     assert!(
@@ -328,15 +361,20 @@ async fn timeouts_and_refused_connections_are_retryable() {
         }
     });
     let table = config();
+    // Deadlines per operation are core's Timeout layer around the source
+    // (the source itself has none for metadata calls).
     let silent = ClickHouseSource::builder(format!("http://{addr}"))
-        .request_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
-    let err = silent.schema(&table).await.unwrap_err();
+    let bounded = Layered::new(Timeout::new(Duration::from_millis(200)), silent);
+    let started = Instant::now();
+    let err = bounded.open(&table).await.unwrap_err();
     assert!(
-        matches!(inner(&err), (ClickHouseError::Timeout { .. }, true)),
-        "{err:?}"
+        started.elapsed() < Duration::from_secs(20),
+        "the deadline bounded open: {:?}",
+        started.elapsed()
     );
+    assert_eq!(elapsed_op(&err), Op::SourceOpen, "{err:?}");
 
     // The read's idle timeout: schema from the real server, data from nowhere.
     // (A source pointed at the silent server cannot learn the schema, so read
@@ -349,12 +387,24 @@ async fn timeouts_and_refused_connections_are_retryable() {
         .stream_idle_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    source.schema(&table).await.unwrap();
-    let (_, err) = read_until_error(&source, &table).await;
+    let opened = open(&source, &table).await;
+    let (_, err) = read_until_error(&opened).await;
     assert!(
         matches!(inner(&err), (ClickHouseError::Timeout { .. }, true)),
         "{err:?}"
     );
+
+    // The handles a layered source opens are bounded too: a high watermark
+    // whose server-clock query is never answered.
+    let url = swallowing_proxy(db.url(), "now64").await;
+    let layered = Layered::new(
+        Timeout::new(Duration::from_secs(60)).op(Op::HighWatermark, Duration::from_millis(300)),
+        ClickHouseSource::builder(url).database(&db.name).build().unwrap(),
+    );
+    let handle = layered.open(&table).await.unwrap();
+    assert_eq!(handle.schema(), opened.schema());
+    let err = handle.high_watermark().await.unwrap_err();
+    assert_eq!(elapsed_op(&err), Op::HighWatermark, "{err:?}");
 
     // Nothing listening at all.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -363,7 +413,7 @@ async fn timeouts_and_refused_connections_are_retryable() {
     let refused = ClickHouseSource::builder(format!("http://127.0.0.1:{port}"))
         .build()
         .unwrap();
-    let err = refused.schema(&table).await.unwrap_err();
+    let err = refused.open(&table).await.unwrap_err();
     assert!(
         matches!(inner(&err), (ClickHouseError::Transport(_), true)),
         "{err:?}"

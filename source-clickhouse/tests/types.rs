@@ -15,8 +15,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Field, TimeUnit};
-use common::{TestDb, everything, read_all};
-use offload_core::{Source, TableConfig};
+use common::{TestDb, everything, open, read_all};
+use offload_core::{Source, SourceTable, TableConfig};
 use offload_source_clickhouse::{ClickHouseError, SubMicrosecond, UInt64Mapping};
 
 /// A ClickHouse type for the test table: its DDL text, sample values (SQL
@@ -743,7 +743,7 @@ async fn read_error(
     source: &offload_source_clickhouse::ClickHouseSource,
     table: &TableConfig,
 ) -> offload_core::Error {
-    let mut stream = source.read(table, everything()).await.unwrap();
+    let mut stream = open(source, table).await.read(everything()).await.unwrap();
     let mut err = None;
     while let Some(item) = futures::StreamExt::next(&mut stream).await {
         if let Err(e) = item {
@@ -786,7 +786,7 @@ async fn every_mapped_type_round_trips_exactly() {
 
     let source = db.source().build().unwrap();
     let table = types_config("all_types").batch_size(4).build().unwrap();
-    let schema = source.schema(&table).await.unwrap();
+    let schema = open(&source, &table).await.schema();
     // The documented mapping, column by column.
     for (name, t) in &columns {
         let field = schema.field_with_name(name).unwrap();
@@ -800,7 +800,7 @@ async fn every_mapped_type_round_trips_exactly() {
         assert_eq!(field.metadata(), &t.meta(), "metadata of {name}");
     }
 
-    let batches = read_all(&source, &table, common::everything()).await;
+    let batches = read_all(&open(&source, &table).await, common::everything()).await;
     assert!(batches.len() > 1, "several batches: the re-chunking is exercised");
     let batch = arrow_select::concat::concat_batches(&schema, &batches).unwrap();
     assert_eq!(batch.num_rows(), rows);
@@ -869,11 +869,14 @@ async fn nested_columns_flattened_or_not() {
     let source = db.source().build().unwrap();
 
     let flat = types_config("flat").build().unwrap();
-    let schema = source.schema(&flat).await.unwrap();
+    let schema = open(&source, &flat).await.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["ts", "seq", "n.x", "n.y"]);
-    let b =
-        arrow_select::concat::concat_batches(&schema, &read_all(&source, &flat, everything()).await).unwrap();
+    let b = arrow_select::concat::concat_batches(
+        &schema,
+        &read_all(&open(&source, &flat).await, everything()).await,
+    )
+    .unwrap();
     let seq = b.column(1).as_primitive::<Int64Type>();
     let row3 = (0..4).find(|&r| seq.value(r) == 3).unwrap();
     assert_eq!(canon_arrow(b.column(2), row3), "[0,1,2]");
@@ -883,7 +886,7 @@ async fn nested_columns_flattened_or_not() {
     );
 
     let deep = types_config("deep").build().unwrap();
-    let schema = source.schema(&deep).await.unwrap();
+    let schema = open(&source, &deep).await.schema();
     let DataType::List(element) = schema.field_with_name("n").unwrap().data_type() else {
         panic!("{schema:?}")
     };
@@ -894,8 +897,11 @@ async fn nested_columns_flattened_or_not() {
         fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
         ["x", "y"]
     );
-    let b =
-        arrow_select::concat::concat_batches(&schema, &read_all(&source, &deep, everything()).await).unwrap();
+    let b = arrow_select::concat::concat_batches(
+        &schema,
+        &read_all(&open(&source, &deep).await, everything()).await,
+    )
+    .unwrap();
     let seq = b.column(1).as_primitive::<Int64Type>();
     let row2 = (0..4).find(|&r| seq.value(r) == 2).unwrap();
     assert_eq!(
@@ -931,7 +937,7 @@ async fn unmapped_types_are_refused_by_name_never_dropped() {
             .unwrap_or_else(|e| panic!("{ty}: {e}"));
         let source = db.source().build().unwrap();
         let err = source
-            .schema(&types_config(&table).build().unwrap())
+            .open(&types_config(&table).build().unwrap())
             .await
             .unwrap_err();
         let offload_core::Error::Source {
@@ -955,7 +961,7 @@ async fn unmapped_types_are_refused_by_name_never_dropped() {
         }
         // Excluding the column makes the table readable.
         let cfg = types_config(&table).columns(["ok"]).build().unwrap();
-        let schema = source.schema(&cfg).await.unwrap();
+        let schema = open(&source, &cfg).await.schema();
         assert_eq!(schema.fields().len(), 3);
     }
 }
@@ -977,7 +983,7 @@ async fn out_of_range_values_fail_with_the_column_named() {
     let table = types_config("wide").build().unwrap();
     for s in [&source, &int64] {
         assert_eq!(
-            read_all(s, &table, everything())
+            read_all(&open(s, &table).await, everything())
                 .await
                 .iter()
                 .map(RecordBatch::num_rows)
@@ -986,10 +992,9 @@ async fn out_of_range_values_fail_with_the_column_named() {
         );
     }
     assert_eq!(
-        int64
-            .schema(&table)
+        open(&int64, &table)
             .await
-            .unwrap()
+            .schema()
             .field_with_name("u")
             .unwrap()
             .data_type(),
@@ -1029,7 +1034,7 @@ async fn out_of_range_values_fail_with_the_column_named() {
     expect(read_error(&source, &t).await, "big");
     let t = bad_copy("wide_u64", "(now64(3), 4, 1, 9223372036854775808, 'ok')");
     expect(read_error(&int64, &t).await, "u");
-    let rows = read_all(&source, &t, everything()).await;
+    let rows = read_all(&open(&source, &t).await, everything()).await;
     assert_eq!(
         rows.iter().map(RecordBatch::num_rows).sum::<usize>(),
         3,
@@ -1055,7 +1060,7 @@ async fn sub_microsecond_policies() {
         let source = db.source().sub_microsecond(policy).build().unwrap();
         let table = table.clone();
         async move {
-            let b = read_all(&source, &table, everything()).await;
+            let b = read_all(&open(&source, &table).await, everything()).await;
             canon_arrow(b[0].column(2), 0)
         }
     };
@@ -1070,16 +1075,17 @@ async fn sub_microsecond_policies() {
         .sub_microsecond(SubMicrosecond::Nanoseconds)
         .build()
         .unwrap()
-        .schema(&table)
+        .open_table(&table)
         .await
-        .unwrap();
+        .unwrap()
+        .schema();
     assert_eq!(ns_schema.field(2).data_type(), &utc(TimeUnit::Nanosecond));
     let refuse = db
         .source()
         .sub_microsecond(SubMicrosecond::Refuse)
         .build()
         .unwrap();
-    let err = refuse.schema(&table).await.unwrap_err();
+    let err = refuse.open(&table).await.unwrap_err();
     assert!(err.to_string().contains("t9"), "{err}");
 }
 
@@ -1098,17 +1104,17 @@ async fn stored_columns_by_default_alias_on_request() {
     ));
     let source = db.source().build().unwrap();
     let all = types_config("kinds").build().unwrap();
-    let schema = source.schema(&all).await.unwrap();
+    let schema = open(&source, &all).await.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["ts", "seq", "v", "m"]);
-    let b = read_all(&source, &all, everything()).await;
+    let b = read_all(&open(&source, &all).await, everything()).await;
     assert_eq!(canon_arrow(b[0].column(3), 0), "14");
 
     let alias = types_config("kinds").columns(["a"]).build().unwrap();
-    let b = read_all(&source, &alias, everything()).await;
+    let b = read_all(&open(&source, &alias).await, everything()).await;
     assert_eq!(canon_arrow(b[0].column(0), 0), "21");
 
     let ephemeral = types_config("kinds").columns(["e"]).build().unwrap();
-    let err = source.schema(&ephemeral).await.unwrap_err();
+    let err = source.open(&ephemeral).await.unwrap_err();
     assert!(err.to_string().contains("EPHEMERAL"), "{err}");
 }

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Rng, TestDb, everything, parse_pairs, positions, read_all};
-use offload_core::{Source, TableConfig, Watermark, Window};
-use offload_source_clickhouse::{Compression, SubMicrosecond};
+use common::{Rng, TestDb, everything, open, parse_pairs, positions, read_all};
+use offload_core::{Source, SourceTable, TableConfig, Watermark, Window};
+use offload_source_clickhouse::{ClickHouseTable, ClickHouseTableOptions, Compression, SubMicrosecond};
 
 const BRONZE_TRADES: &str = "(
     exchange_timestamp DateTime64(3, 'UTC'),
@@ -95,12 +95,8 @@ fn random_cuts(reference: &[(i64, u64)], rng: &mut Rng, count: usize) -> Vec<Wat
 /// Reads consecutive windows ending at `cuts` (then to the end) and checks
 /// that together they hold exactly `reference` (a multiset of positions), that
 /// each row lies in its window, and that batches are `batch_size` rows.
-async fn check_partition(
-    source: &offload_source_clickhouse::ClickHouseSource,
-    table: &TableConfig,
-    cuts: &[Watermark],
-    reference: &[(i64, u64)],
-) {
+async fn check_partition(source: &ClickHouseTable, cuts: &[Watermark], reference: &[(i64, u64)]) {
+    let table = source.config();
     let mut seen = Vec::with_capacity(reference.len());
     let mut after = Watermark::MIN;
     let ends = cuts.iter().copied().chain([Watermark::new(i64::MAX, u64::MAX)]);
@@ -109,7 +105,7 @@ async fn check_partition(
             continue;
         }
         let window = Window::new(after, until).unwrap();
-        let batches = read_all(source, table, window).await;
+        let batches = read_all(source, window).await;
         for (i, b) in batches.iter().enumerate() {
             assert!(b.num_rows() > 0, "empty batch in {window}");
             if i + 1 < batches.len() {
@@ -146,7 +142,7 @@ async fn windows_partition_trades_exactly_including_equal_timestamp_runs() {
     assert_eq!(reference.len(), 200_300);
     let source = db.source().build().unwrap();
     let table = trades_config(997);
-    source.schema(&table).await.unwrap();
+    let handle = open(&source, &table).await;
 
     let seed = std::env::var("OFFLOAD_TEST_SEED")
         .ok()
@@ -161,11 +157,11 @@ async fn windows_partition_trades_exactly_including_equal_timestamp_runs() {
         cuts.push(Watermark::new(ts, seq));
         cuts.sort();
         cuts.dedup();
-        check_partition(&source, &table, &cuts, &reference).await;
+        check_partition(&handle, &cuts, &reference).await;
     }
 
     // The whole table in one window equals the reference too.
-    let all = positions(&table, &read_all(&source, &table, everything()).await);
+    let all = positions(&table, &read_all(&handle, everything()).await);
     assert_eq!(all.len(), reference.len());
 }
 
@@ -199,7 +195,7 @@ async fn second_timestamps_and_signed_sequences() {
     cuts.push(Watermark::new(reference[5000].0, 0));
     cuts.sort();
     cuts.dedup();
-    check_partition(&source, &table, &cuts, &reference).await;
+    check_partition(&open(&source, &table).await, &cuts, &reference).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +226,7 @@ async fn nanosecond_timestamps_take_their_microsecond_position() {
     let source = db.source().build().unwrap();
     let mut rng = Rng(9);
     let cuts = random_cuts(&reference, &mut rng, 25);
-    check_partition(&source, &table, &cuts, &reference).await;
+    check_partition(&open(&source, &table).await, &cuts, &reference).await;
 
     // With SubMicrosecond::Nanoseconds the values are exact and the windows the same.
     let exact = db
@@ -239,7 +235,8 @@ async fn nanosecond_timestamps_take_their_microsecond_position() {
         .build()
         .unwrap();
     let cut = cuts[cuts.len() / 2];
-    let batches = read_all(&exact, &table, Window::new(Watermark::MIN, cut).unwrap()).await;
+    let exact = open(&exact, &table).await;
+    let batches = read_all(&exact, Window::new(Watermark::MIN, cut).unwrap()).await;
     let mut got: Vec<i64> = batches
         .iter()
         .flat_map(|b| {
@@ -272,19 +269,19 @@ async fn high_watermark_uses_the_server_clock_and_the_lag() {
         db.name
     ));
     let source = db.source().build().unwrap();
-    let with_lag = |lag: Duration| {
-        TableConfig::builder("bronze_trades")
+    let config = |lag: Duration, filter: Option<&str>| {
+        let mut b = TableConfig::builder("bronze_trades")
             .timestamp_column("exchange_timestamp")
             .sequence_column("sequence_number")
-            .lag(lag)
-            .build()
-            .unwrap()
+            .lag(lag);
+        if let Some(filter) = filter {
+            b = b.option(ClickHouseTableOptions::new().filter(filter));
+        }
+        b.build().unwrap()
     };
-    assert_eq!(
-        source.high_watermark(&with_lag(Duration::ZERO)).await.unwrap(),
-        None,
-        "empty table"
-    );
+    // A handle opened on the empty table: its high watermark is read live.
+    let early = source.open(&config(Duration::ZERO, None)).await.unwrap();
+    assert_eq!(early.high_watermark().await.unwrap(), None, "empty table");
 
     // Rows 60, 10 (twice), 1 minute(s) old and one an hour in the future, on the server's clock.
     db.query(&format!(
@@ -302,45 +299,48 @@ async fn high_watermark_uses_the_server_clock_and_the_lag() {
         .parse()
         .unwrap()
     };
-    let hw = |lag| {
-        let table = with_lag(lag);
+    let hw = |lag, filter| {
+        let table = config(lag, filter);
         let source = &source;
-        async move { source.high_watermark(&table).await.unwrap() }
+        async move { source.open(&table).await.unwrap().high_watermark().await.unwrap() }
     };
     assert_eq!(
-        hw(Duration::ZERO).await,
+        early.high_watermark().await.unwrap(),
+        Some(Watermark::new(ts_of(4), 4)),
+        "the handle opened before the insert sees the rows"
+    );
+    assert_eq!(
+        hw(Duration::ZERO, None).await,
         Some(Watermark::new(ts_of(4), 4)),
         "future row excluded"
     );
     assert_eq!(
-        hw(Duration::from_secs(300)).await,
+        hw(Duration::from_secs(300), None).await,
         Some(Watermark::new(ts_of(3), 3)),
         "max seq at the max timestamp"
     );
     assert_eq!(
-        hw(Duration::from_secs(1800)).await,
+        hw(Duration::from_secs(1800), None).await,
         Some(Watermark::new(ts_of(1), 1))
     );
-    assert_eq!(hw(Duration::from_secs(7200)).await, None);
+    assert_eq!(hw(Duration::from_secs(7200), None).await, None);
 
-    // The extra filter applies to the high watermark as well.
-    let filtered = db
-        .source()
-        .filter("bronze_trades", "sequence_number != 3")
-        .build()
-        .unwrap();
+    // The table's extra filter applies to the high watermark as well.
+    let filter = Some("sequence_number != 3");
     assert_eq!(
-        filtered
-            .high_watermark(&with_lag(Duration::from_secs(300)))
-            .await
-            .unwrap(),
+        hw(Duration::from_secs(300), filter).await,
         Some(Watermark::new(ts_of(2), 2))
     );
-    let rows = positions(
-        &with_lag(Duration::ZERO),
-        &read_all(&filtered, &with_lag(Duration::ZERO), everything()).await,
-    );
+    let filtered = source.open(&config(Duration::ZERO, filter)).await.unwrap();
+    let rows = positions(filtered.config(), &read_all(&*filtered, everything()).await);
     assert_eq!(rows.len(), 4, "filtered read: {rows:?}");
+    assert!(rows.iter().all(|&(_, seq)| seq != 3), "{rows:?}");
+    // Options are per table: the same source reads another table unfiltered.
+    let all = source.open(&config(Duration::ZERO, None)).await.unwrap();
+    assert_eq!(
+        positions(all.config(), &read_all(&*all, everything()).await).len(),
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +349,7 @@ async fn the_primary_key_prunes_window_queries() {
     seed_trades(&db, 400_000, 0);
     let source = db.source().build().unwrap();
     let table = trades_config(65_536);
-    source.schema(&table).await.unwrap();
+    let handle = open(&source, &table).await;
     // A window of ~1% of the rows, with pair bounds inside equal-timestamp runs.
     let base = 1_767_225_600_000_000i64;
     let window = Window::new(
@@ -357,7 +357,7 @@ async fn the_primary_key_prunes_window_queries() {
         Watermark::new(base + 5_100_000, 10),
     )
     .unwrap();
-    let sql = source.window_sql(&table, window).await.unwrap();
+    let sql = handle.window_sql(window);
     let explain = db.query(&format!("EXPLAIN indexes = 1 {sql}"));
     let granules = explain
         .lines()
@@ -373,7 +373,7 @@ async fn the_primary_key_prunes_window_queries() {
         "primary key did not prune: {granules:?} granules\n{sql}\n{explain}"
     );
     // And the pruned query returns exactly the window's rows.
-    let got = positions(&table, &read_all(&source, &table, window).await);
+    let got = positions(&table, &read_all(&handle, window).await);
     let want: Vec<(i64, u64)> = parse_pairs(&db.query(&format!(
         "SELECT toUnixTimestamp64Micro(exchange_timestamp), sequence_number FROM `{}`.bronze_trades FORMAT TSV",
         db.name
@@ -397,22 +397,23 @@ async fn selected_columns_in_config_order() {
         .columns(["vendor_data", "price"])
         .build()
         .unwrap();
-    let schema = source.schema(&table).await.unwrap();
+    let handle = open(&source, &table).await;
+    let schema = handle.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(
         names,
         ["vendor_data", "price", "exchange_timestamp", "sequence_number"]
     );
-    let batches = read_all(&source, &table, everything()).await;
+    let batches = read_all(&handle, everything()).await;
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
     assert!(batches.iter().all(|b| b.schema() == schema));
 
     // Without wire compression, the same rows.
     let plain = db.source().compression(Compression::None).build().unwrap();
-    let again = read_all(&plain, &table, everything()).await;
+    let again = read_all(&open(&plain, &table).await, everything()).await;
     assert_eq!(positions(&table, &again).len(), 1000);
 
     // A window with no rows: no batches, no error.
     let before = Window::new(Watermark::new(0, 0), Watermark::new(1_000_000, 5)).unwrap();
-    assert!(read_all(&source, &table, before).await.is_empty());
+    assert!(read_all(&handle, before).await.is_empty());
 }

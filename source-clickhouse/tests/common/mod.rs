@@ -10,8 +10,8 @@ use arrow_array::types::{Decimal128Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use futures::TryStreamExt;
-use offload_core::{Source, TableConfig, Watermark, Window};
-use offload_source_clickhouse::{ClickHouseSource, ClickHouseSourceBuilder};
+use offload_core::{SourceTable, TableConfig, Watermark, Window};
+use offload_source_clickhouse::{ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTable};
 use offload_testkit::ClickHouseFront;
 
 /// The front shared by the tests of this binary that run at the same time
@@ -79,9 +79,17 @@ pub fn everything() -> Window {
     Window::new(Watermark::MIN, Watermark::new(i64::MAX, u64::MAX)).unwrap()
 }
 
-pub async fn read_all(source: &ClickHouseSource, table: &TableConfig, window: Window) -> Vec<RecordBatch> {
+/// Opens `table`, panicking with the error.
+pub async fn open(source: &ClickHouseSource, table: &TableConfig) -> ClickHouseTable {
     source
-        .read(table, window)
+        .open_table(table)
+        .await
+        .unwrap_or_else(|e| panic!("open {}: {e}", table.name()))
+}
+
+pub async fn read_all(table: &(impl SourceTable + ?Sized), window: Window) -> Vec<RecordBatch> {
+    table
+        .read(window)
         .await
         .unwrap_or_else(|e| panic!("read {window}: {e}"))
         .try_collect()

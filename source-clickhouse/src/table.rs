@@ -1,0 +1,269 @@
+//! [`ClickHouseTable`]: one opened table, the `offload_core::SourceTable`
+//! implementation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use clickhouse::Client;
+use futures::StreamExt;
+use offload_core::{BatchStream, Error, SourceTable, TableConfig, Watermark, Window};
+
+use crate::ClickHouseError;
+use crate::columns::{self, Column, ColumnKind, TableColumns};
+use crate::decode::ArrowStreamDecoder;
+use crate::ident::{TableRef, quote_identifier, validate_identifier};
+use crate::source::{ARROW_SETTINGS, ClickHouseTableOptions};
+use crate::sql::{Cond, Positions, SeqColumn, TimeColumn};
+use crate::stream::{BatchShape, WindowReader};
+use crate::types::{ChType, MappingOptions};
+
+/// One ClickHouse table opened by [`ClickHouseSource`](crate::ClickHouseSource):
+/// its columns were read from `system.columns` when it was opened, and its
+/// schema, window SQL and decoder are fixed for the life of the handle.
+///
+/// Obtained from [`Source::open`](offload_core::Source::open) as an
+/// `Arc<dyn SourceTable>`, or from
+/// [`ClickHouseSource::open_table`](crate::ClickHouseSource::open_table) as
+/// this type. Cheap to share; every call is one query.
+pub struct ClickHouseTable {
+    client: Client,
+    config: TableConfig,
+    stream_idle_timeout: Duration,
+    /// `` `db`.`table` ``
+    table_sql: String,
+    select_sql: String,
+    filter: Option<String>,
+    positions: Positions,
+    shape: Arc<BatchShape>,
+    columns: TableColumns,
+}
+
+impl fmt::Debug for ClickHouseTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The client is left out: it holds the credentials.
+        f.debug_struct("ClickHouseTable")
+            .field("name", &self.config.name())
+            .field("table", &self.table_sql)
+            .field("select", &self.select_sql)
+            .field("filter", &self.filter)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClickHouseTable {
+    /// Reads `system.columns` and derives the table's layout.
+    pub(crate) async fn open(
+        client: Client,
+        default_database: Option<&str>,
+        mapping: MappingOptions,
+        stream_idle_timeout: Duration,
+        table: &TableConfig,
+    ) -> Result<ClickHouseTable, ClickHouseError> {
+        let options = table.option::<ClickHouseTableOptions>();
+        let filter = options.and_then(ClickHouseTableOptions::filter_sql);
+        if let Some(options) = options {
+            options.validate().map_err(|e| match e {
+                ClickHouseError::InvalidConfig { field, reason } => ClickHouseError::InvalidConfig {
+                    field,
+                    reason: format!("filter for table {:?}: {reason}", table.name()),
+                },
+                e => e,
+            })?;
+        }
+        let mut tref = TableRef::parse(table.source_table())?;
+        if tref.database.is_none() {
+            tref.database = default_database.map(str::to_owned);
+        }
+        let discovered = columns::discover(&client, &tref).await?;
+        let table_name = format!("{}.{}", discovered.database, discovered.table);
+
+        let column = |name: &str| -> Result<(&Column, ChType), ClickHouseError> {
+            validate_identifier("column", name)?;
+            let column = discovered
+                .get(name)
+                .ok_or_else(|| ClickHouseError::ColumnNotFound {
+                    table: table_name.clone(),
+                    column: name.to_owned(),
+                })?;
+            if column.kind == ColumnKind::Ephemeral {
+                return Err(ClickHouseError::UnsupportedType {
+                    column: name.to_owned(),
+                    type_name: column.type_name.clone(),
+                    reason: "EPHEMERAL columns are not stored and cannot be read".into(),
+                });
+            }
+            Ok((column, column.data_type()?.clone()))
+        };
+
+        let watermark_column = |name: &str, role: &'static str| -> Result<ChType, ClickHouseError> {
+            let (column, ch) = column(name)?;
+            let ok = match role {
+                "timestamp" => TimeColumn::from_type(&ch).is_some(),
+                _ => SeqColumn::from_type(&ch).is_some(),
+            };
+            if !ok {
+                let reason = match role {
+                    "timestamp" => "must be DateTime or DateTime64 (not Nullable)",
+                    _ => "must be an integer of at most 64 bits, signed or unsigned (not Nullable)",
+                };
+                return Err(ClickHouseError::InvalidWatermarkColumn {
+                    column: name.to_owned(),
+                    role,
+                    type_name: column.type_name.clone(),
+                    reason: reason.into(),
+                });
+            }
+            Ok(ch)
+        };
+        let ts_type = watermark_column(table.timestamp_column(), "timestamp")?;
+        let seq_type = watermark_column(table.sequence_column(), "sequence")?;
+        let positions = Positions {
+            ts: TimeColumn::from_type(&ts_type).expect("checked"),
+            ts_sql: quote_identifier(table.timestamp_column()),
+            seq: SeqColumn::from_type(&seq_type).expect("checked"),
+            seq_sql: quote_identifier(table.sequence_column()),
+        };
+
+        let selected: Vec<&str> = match table.columns() {
+            Some(cols) => cols.iter().map(String::as_str).collect(),
+            // Every stored column, MATERIALIZED ones included (which `SELECT *`
+            // would leave out): ALIAS columns are computed on read and
+            // EPHEMERAL ones are not stored at all.
+            None => discovered.stored().map(|c| c.name.as_str()).collect(),
+        };
+        let selected = selected
+            .into_iter()
+            .map(|name| column(name).map(|(c, ch)| (name.to_owned(), ch, c.type_name.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (shape, select_sql) = BatchShape::for_columns(selected, mapping)?;
+        Ok(ClickHouseTable {
+            client,
+            config: table.clone(),
+            stream_idle_timeout,
+            table_sql: discovered.quoted_table(),
+            select_sql,
+            filter: filter.map(str::to_owned),
+            positions,
+            shape: Arc::new(shape),
+            columns: discovered,
+        })
+    }
+
+    /// The table's columns as discovered when it was opened (all of them,
+    /// not only the selected ones).
+    pub fn columns(&self) -> &TableColumns {
+        &self.columns
+    }
+
+    /// The table as it appears in the SQL: `` `database`.`table` ``.
+    pub fn table_sql(&self) -> &str {
+        &self.table_sql
+    }
+
+    /// The extra condition from [`ClickHouseTableOptions`], if any.
+    pub fn filter(&self) -> Option<&str> {
+        self.filter.as_deref()
+    }
+
+    fn where_clause(&self, cond: Cond) -> String {
+        match &self.filter {
+            Some(filter) => format!("({}) AND ({filter})", cond.render()),
+            None => cond.render(),
+        }
+    }
+
+    /// The SQL [`read`](SourceTable::read) sends for `window` (for logs,
+    /// `EXPLAIN`, and measuring the server on its own). Send it with
+    /// [`ArrowStreamDecoder::server_settings`] and `FORMAT ArrowStream` to get
+    /// bytes for [`decoder`](Self::decoder).
+    pub fn window_sql(&self, window: Window) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {}",
+            self.select_sql,
+            self.table_sql,
+            self.where_clause(self.positions.window(window))
+        )
+    }
+
+    /// The decoder [`read`](SourceTable::read) uses: the same target schema,
+    /// the same conversions, and the table's batch size. For decoding
+    /// `ArrowStream` bytes obtained some other way, or for measuring the
+    /// decoding stage on its own.
+    pub fn decoder(&self) -> ArrowStreamDecoder {
+        ArrowStreamDecoder::from_shape(
+            self.shape.clone(),
+            self.select_sql.clone(),
+            self.config.batch_size(),
+        )
+    }
+
+    async fn high_watermark_inner(&self) -> Result<Option<Watermark>, ClickHouseError> {
+        // The server's clock, not ours: the lag protects rows the *server*
+        // may still receive.
+        let now: i64 = self
+            .client
+            .query_raw("SELECT toUnixTimestamp64Micro(now64(6))")
+            .fetch_one()
+            .await?;
+        let lag = i64::try_from(self.config.lag().as_micros()).unwrap_or(i64::MAX);
+        let horizon = self.positions.timestamp_at_or_before(now.saturating_sub(lag));
+        if horizon == Cond::False {
+            return Ok(None);
+        }
+        let p = &self.positions;
+        let sql = format!(
+            "SELECT {}, {} FROM {} WHERE {} ORDER BY {} DESC, {} DESC LIMIT 1",
+            p.ts.ticks_sql(&p.ts_sql),
+            p.seq.position_sql(&p.seq_sql),
+            self.table_sql,
+            self.where_clause(horizon),
+            p.ts_sql,
+            p.seq_sql,
+        );
+        let row: Option<(i64, u64)> = self.client.query_raw(&sql).fetch_optional().await?;
+        Ok(row.map(|(ticks, seq)| Watermark::new(p.ts.ticks_to_micros(ticks), seq)))
+    }
+
+    async fn read_inner(&self, window: Window) -> Result<WindowReader, ClickHouseError> {
+        let sql = self.window_sql(window);
+        tracing::debug!(table = self.config.name(), %window, sql, "reading window");
+        let mut query = self.client.query_raw(&sql);
+        for (name, value) in ARROW_SETTINGS {
+            query = query.with_setting(*name, *value);
+        }
+        let cursor = query
+            .fetch_bytes("ArrowStream")
+            .map_err(ClickHouseError::from_client)?;
+        WindowReader::start(
+            cursor,
+            self.shape.clone(),
+            self.config.batch_size(),
+            self.stream_idle_timeout,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl SourceTable for ClickHouseTable {
+    fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.shape.schema.clone()
+    }
+
+    async fn high_watermark(&self) -> Result<Option<Watermark>, Error> {
+        Ok(self.high_watermark_inner().await?)
+    }
+
+    async fn read(&self, window: Window) -> Result<BatchStream, Error> {
+        let reader = self.read_inner(window).await?;
+        Ok(reader.into_stream().map(|r| r.map_err(Error::from)).boxed())
+    }
+}
