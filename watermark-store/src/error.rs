@@ -156,17 +156,17 @@ pub enum StoreError {
         reason: String,
     },
 
-    /// An operation kept racing with others and gave up; trying again is safe.
-    #[error(
-        "{operation} on table {table:?} kept racing with concurrent updates; gave up after {attempts} attempts"
-    )]
+    /// An operation lost a race with a concurrent update that left its answer
+    /// undecided (a lease released or expired between the claim and the
+    /// look at who holds it, a watermark changed and changed back): nothing
+    /// was changed, and trying again is safe. The store does not retry
+    /// itself; the caller's retry policy (`offload_core::layer::Retry`) does.
+    #[error("{operation} on table {table:?} lost a race with a concurrent update; trying again is safe")]
     Contention {
         /// The operation.
         operation: &'static str,
         /// The table.
         table: String,
-        /// How many times it was tried.
-        attempts: u32,
     },
 
     /// A background task running a blocking operation panicked or was cancelled.
@@ -181,7 +181,7 @@ impl StoreError {
     ///
     /// ```
     /// use offload_watermark_store::StoreError;
-    /// let e = StoreError::Contention { operation: "acquire_lease", table: "t".into(), attempts: 5 };
+    /// let e = StoreError::Contention { operation: "acquire_lease", table: "t".into() };
     /// assert!(e.is_retryable());
     /// ```
     pub fn is_retryable(&self) -> bool {
@@ -204,7 +204,7 @@ impl StoreError {
             StoreError::ConnectTimeout { .. } => true,
             #[cfg(feature = "postgres")]
             StoreError::Connect { source, .. } | StoreError::Database { source, .. } => {
-                sqlx_retryable(source)
+                offload_core::sql::sqlx_retryable(source)
             }
         }
     }
@@ -226,48 +226,4 @@ fn io_retryable(e: &std::io::Error) -> bool {
         e.kind(),
         Interrupted | WouldBlock | TimedOut | ResourceBusy | StorageFull | QuotaExceeded
     )
-}
-
-/// Classifies a driver error: lost connections, timeouts and the server's
-/// transient SQLSTATEs are retryable; authentication, missing objects,
-/// constraint violations and decode errors are not.
-#[cfg(feature = "postgres")]
-pub(crate) fn sqlx_retryable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_retryable(&code)),
-        _ => false,
-    }
-}
-
-/// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
-#[cfg(feature = "postgres")]
-fn sqlstate_retryable(code: &str) -> bool {
-    code.starts_with("08") // connection_exception
-        || code.starts_with("53") // insufficient_resources (too many connections, disk full)
-        || matches!(
-            code,
-            "40001" // serialization_failure
-                | "40P01" // deadlock_detected
-                | "55P03" // lock_not_available
-                | "57014" // query_canceled (statement_timeout)
-                | "57P01" // admin_shutdown (backend terminated)
-                | "57P02" // crash_shutdown
-                | "57P03" // cannot_connect_now (starting up)
-        )
-}
-
-#[cfg(all(test, feature = "postgres"))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlstates_are_classified() {
-        for code in ["08006", "53300", "40001", "40P01", "57P01", "57014"] {
-            assert!(sqlstate_retryable(code), "{code}");
-        }
-        for code in ["28P01", "28000", "3D000", "42P01", "23505", "22021", "XX000"] {
-            assert!(!sqlstate_retryable(code), "{code}");
-        }
-    }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use offload_core::redact::redact_url;
 use offload_core::{
     Error, Lease, RunEvent, RunId, RunStatus, TableState, Watermark, WatermarkStore, micros_to_system_time,
     system_time_to_micros,
@@ -46,10 +47,6 @@ const MAX_IDENTIFIER_LEN: usize = 63;
 /// First key of the advisory lock that serialises migrations of one schema
 /// (the second is the schema name's hash). Arbitrary; "offl" in ASCII.
 const MIGRATION_LOCK_CLASS: i32 = 0x6f66_666c;
-
-/// How often an operation that lost a benign race (see the call sites) is
-/// tried before giving up with a retryable error.
-const RACE_ATTEMPTS: u32 = 5;
 
 /// A watermark store in PostgreSQL.
 ///
@@ -315,44 +312,44 @@ impl WatermarkStore for PostgresStore {
         validate::table_name(table)?;
         validate::holder(holder)?;
         validate::duration("lease ttl", ttl)?;
-        for _ in 0..RACE_ATTEMPTS {
-            let claimed = sqlx::query(&self.sql.acquire)
-                .bind(table)
-                .bind(holder)
-                .bind(validate::micros(ttl))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("acquire_lease"))?;
-            if let Some(row) = claimed {
-                return Ok(Lease {
+        let claimed = sqlx::query(&self.sql.acquire)
+            .bind(table)
+            .bind(holder)
+            .bind(validate::micros(ttl))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("acquire_lease"))?;
+        if let Some(row) = claimed {
+            return Ok(Lease {
+                table: table.to_owned(),
+                holder: holder.to_owned(),
+                token: token_from(table, row.try_get(0).map_err(db("acquire_lease"))?)?,
+                expires_at: micros_to_system_time(row.try_get(1).map_err(db("acquire_lease"))?),
+            });
+        }
+        // Refused: say by whom.
+        let current = sqlx::query(&self.sql.lease_probe)
+            .bind(table)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("acquire_lease"))?;
+        if let Some(row) = current {
+            let holder_now: Option<String> = row.try_get(0).map_err(db("acquire_lease"))?;
+            let expires_at: Option<i64> = row.try_get(1).map_err(db("acquire_lease"))?;
+            let live: Option<bool> = row.try_get(2).map_err(db("acquire_lease"))?;
+            if let (Some(h), Some(e), Some(true)) = (holder_now, expires_at, live)
+                && h != holder
+            {
+                return Err(Error::LeaseHeld {
                     table: table.to_owned(),
-                    holder: holder.to_owned(),
-                    token: token_from(table, row.try_get(0).map_err(db("acquire_lease"))?)?,
-                    expires_at: micros_to_system_time(row.try_get(1).map_err(db("acquire_lease"))?),
+                    holder: h,
+                    expires_at: micros_to_system_time(e),
                 });
             }
-            // Refused: say by whom. If the holder let go in between, the
-            // refusal is already out of date, so claim again.
-            let current = sqlx::query(&self.sql.lease_probe)
-                .bind(table)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("acquire_lease"))?;
-            if let Some(row) = current {
-                let holder_now: Option<String> = row.try_get(0).map_err(db("acquire_lease"))?;
-                let expires_at: Option<i64> = row.try_get(1).map_err(db("acquire_lease"))?;
-                let live: Option<bool> = row.try_get(2).map_err(db("acquire_lease"))?;
-                if let (Some(h), Some(e), Some(true)) = (holder_now, expires_at, live)
-                    && h != holder
-                {
-                    return Err(Error::LeaseHeld {
-                        table: table.to_owned(),
-                        holder: h,
-                        expires_at: micros_to_system_time(e),
-                    });
-                }
-            }
         }
+        // The holder let go (or its lease expired) between the claim and the
+        // probe: the refusal is already out of date and nothing changed. A
+        // retryable error; the retry layer claims again.
         Err(contention("acquire_lease", table))
     }
 
@@ -396,51 +393,50 @@ impl WatermarkStore for PostgresStore {
     ) -> Result<(), Error> {
         validate::table_name(&lease.table)?;
         let token = token_to(lease)?;
-        for _ in 0..RACE_ATTEMPTS {
-            // The whole compare-and-set is this one conditional UPDATE: of two
-            // racing callers the row lock lets exactly one match.
-            let updated = sqlx::query(&self.sql.cas)
-                .bind(&lease.table)
-                .bind(token)
-                .bind(new.timestamp_micros())
-                .bind(new.sequence().to_string())
-                .bind(expected.map(|w| w.timestamp_micros()))
-                .bind(expected.map(|w| w.sequence().to_string()))
-                .execute(&self.pool)
-                .await
-                .map_err(db("compare_and_set"))?
-                .rows_affected();
-            if updated == 1 {
-                return Ok(());
-            }
-            // Nothing matched: find out which condition failed.
-            let Some(row) = sqlx::query(&self.sql.cas_probe)
-                .bind(&lease.table)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("compare_and_set"))?
-            else {
-                return Err(lost(lease));
-            };
-            let current: i64 = row.try_get(0).map_err(db("compare_and_set"))?;
-            if current != token {
-                return Err(lost(lease));
-            }
-            let found = watermark_from(
-                &lease.table,
-                row.try_get(1).map_err(db("compare_and_set"))?,
-                row.try_get(2).map_err(db("compare_and_set"))?,
-            )?;
-            if found != expected {
-                return Err(Error::WatermarkMismatch {
-                    table: lease.table.clone(),
-                    expected,
-                    found,
-                });
-            }
-            // The watermark changed and changed back between the UPDATE and
-            // the probe (same lease, concurrent callers): try again.
+        // The whole compare-and-set is this one conditional UPDATE: of two
+        // racing callers the row lock lets exactly one match.
+        let updated = sqlx::query(&self.sql.cas)
+            .bind(&lease.table)
+            .bind(token)
+            .bind(new.timestamp_micros())
+            .bind(new.sequence().to_string())
+            .bind(expected.map(|w| w.timestamp_micros()))
+            .bind(expected.map(|w| w.sequence().to_string()))
+            .execute(&self.pool)
+            .await
+            .map_err(db("compare_and_set"))?
+            .rows_affected();
+        if updated == 1 {
+            return Ok(());
         }
+        // Nothing matched: find out which condition failed.
+        let Some(row) = sqlx::query(&self.sql.cas_probe)
+            .bind(&lease.table)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("compare_and_set"))?
+        else {
+            return Err(lost(lease));
+        };
+        let current: i64 = row.try_get(0).map_err(db("compare_and_set"))?;
+        if current != token {
+            return Err(lost(lease));
+        }
+        let found = watermark_from(
+            &lease.table,
+            row.try_get(1).map_err(db("compare_and_set"))?,
+            row.try_get(2).map_err(db("compare_and_set"))?,
+        )?;
+        if found != expected {
+            return Err(Error::WatermarkMismatch {
+                table: lease.table.clone(),
+                expected,
+                found,
+            });
+        }
+        // The watermark changed and changed back between the UPDATE and the
+        // probe (same lease, concurrent callers): this call changed nothing.
+        // A retryable error; the retry layer compares again.
         Err(contention("compare_and_set", &lease.table))
     }
 
@@ -547,7 +543,6 @@ fn contention(operation: &'static str, table: &str) -> Error {
     StoreError::Contention {
         operation,
         table: table.to_owned(),
-        attempts: RACE_ATTEMPTS,
     }
     .into()
 }
@@ -903,88 +898,9 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
-///
-/// Errs on the side of hiding: the user info is everything before the *last*
-/// `@` (a password may contain `@`, `/`, `?` or `#` unescaped), and is hidden
-/// whole if it holds anything a user name would not; query parameters whose
-/// name could mean a password are hidden too. Text that is not a URL is
-/// hidden entirely.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return "<redacted: not a URL>".to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    let mut out = scheme.to_owned();
-    let rest = match rest.rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            match userinfo.split_once(':') {
-                _ if userinfo.contains(['/', '?', '#']) => out.push_str("***"),
-                Some((user, _password)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            &rest[at..]
-        }
-        None => rest,
-    };
-    match rest.split_once('?') {
-        Some((before, query)) => {
-            out.push_str(before);
-            out.push('?');
-            let params: Vec<&str> = query
-                .split('&')
-                .map(|kv| {
-                    let key = kv.split('=').next().unwrap_or_default().to_ascii_lowercase();
-                    // `%` too: sqlx decodes `pass%77ord` to `password`.
-                    if key.contains("pass") || key.contains('%') {
-                        "***=***"
-                    } else {
-                        kv
-                    }
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-        None => out.push_str(rest),
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_survive_redaction() {
-        let cases = [
-            ("postgres://u:s3cret@h:5432/db", "postgres://u:***@h:5432/db"),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            (
-                "postgres://h/db?sslmode=require",
-                "postgres://h/db?sslmode=require",
-            ),
-            (
-                "postgres://h/db?user=u&password=s3cret&x=1",
-                "postgres://h/db?user=u&***=***&x=1",
-            ),
-            ("postgres://h/db?PASSWORD=s3cret", "postgres://h/db?***=***"),
-            ("postgres://h/db?pass%77ord=s3cret", "postgres://h/db?***=***"),
-            ("postgres://u:s3/cr#et@h/db", "postgres://***@h/db"),
-            ("postgres://u:s3?cr@h/db", "postgres://***@h/db"),
-            ("postgres://u:s3@cret@h/db", "postgres://u:***@h/db"),
-            ("postgres://h/db?password=s3:x@y", "postgres://***@y"),
-            ("host=h password=s3cret", "<redacted: not a URL>"),
-        ];
-        for (url, want) in cases {
-            let got = redact_url(url);
-            assert_eq!(got, want, "{url}");
-            assert!(!got.contains("s3"), "{got}");
-        }
-    }
 
     #[test]
     fn identifiers_are_quoted_and_checked() {
