@@ -5,7 +5,7 @@
 //! is in Iceberg exactly once and the store equals the table's committed
 //! watermark. See `reliability/README.md`.
 //!
-//! Soak: `OFFLOAD_SOAK_KILLS=200 cargo test -p offload-examples --test crash -- --nocapture soak`
+//! Soak: `OFFLOAD_SOAK_KILLS=200 cargo test -p offload-cli --test crash -- --nocapture soak`
 //! (`OFFLOAD_SOAK_SEED` replays a given sequence of kills).
 
 mod support;
@@ -31,7 +31,7 @@ async fn crash_scenario(name: &str, catalog: Catalog, store: Store, point: &str,
     s.crash_at(point);
     let crashed = s.state().await;
     match point.split('=').next().unwrap() {
-        "engine.after_commit" => {
+        "sink.commit.after" => {
             assert!(
                 crashed.committed > base.committed,
                 "[{name}] commit not visible: {crashed:?}"
@@ -41,7 +41,7 @@ async fn crash_scenario(name: &str, catalog: Catalog, store: Store, point: &str,
                 "[{name}] store moved before its update"
             );
         }
-        "engine.after_store_update" => {
+        "store.compare_and_set.after" => {
             assert!(crashed.committed > base.committed, "[{name}] {crashed:?}");
             assert_eq!(crashed.store, crashed.committed, "[{name}]");
         }
@@ -78,7 +78,7 @@ async fn crash_after_lease() {
         "after_lease",
         Catalog::Sqlite,
         Store::File,
-        "engine.after_lease",
+        "store.acquire_lease.after",
         false,
     )
     .await;
@@ -90,7 +90,7 @@ async fn crash_mid_read() {
         "mid_read",
         Catalog::Sqlite,
         Store::File,
-        "engine.read_batch=2",
+        "sink.write.after=2",
         false,
     )
     .await;
@@ -102,7 +102,7 @@ async fn crash_after_commit() {
         "after_commit",
         Catalog::Sqlite,
         Store::File,
-        "engine.after_commit",
+        "sink.commit.after",
         true,
     )
     .await;
@@ -114,7 +114,7 @@ async fn crash_after_store_update() {
         "after_store_update",
         Catalog::Sqlite,
         Store::File,
-        "engine.after_store_update",
+        "store.compare_and_set.after",
         false,
     )
     .await;
@@ -126,7 +126,7 @@ async fn crash_after_commit_with_the_postgres_store() {
         "pg_store",
         Catalog::Sqlite,
         Store::Postgres,
-        "engine.after_commit",
+        "sink.commit.after",
         false,
     )
     .await;
@@ -138,14 +138,14 @@ async fn crash_after_commit_on_the_postgres_catalog() {
         "pg_catalog",
         Catalog::Postgres,
         Store::Postgres,
-        "engine.after_commit",
+        "sink.commit.after",
         true,
     )
     .await;
 }
 
 /// A crash between staging and commit leaves orphaned data files: invisible
-/// to readers, `offload --cleanup` exits 0 without touching the table (it only
+/// to readers, `offload cleanup` exits 0 without touching the table (it only
 /// deletes orphans older than its 24 h grace), with `orphan_grace = "0s"` it
 /// removes exactly the orphans, and later runs succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +158,7 @@ async fn crash_before_commit_then_cleanup() {
     assert!(files_base > 0);
 
     s.insert(3_000, 2_000, 5, 3_000);
-    s.crash_at("engine.before_commit");
+    s.crash_at("sink.commit.before");
     assert_eq!(
         s.state().await,
         base,
@@ -170,22 +170,20 @@ async fn crash_before_commit_then_cleanup() {
         "the crashed run staged no files ({files_crashed} vs {files_base}): the scenario tests nothing"
     );
 
-    let cleanup = s.command(&s.config(), None, &["--cleanup"]).output().unwrap();
+    let cleanup = s.command(&s.config(), None, "cleanup", &[]).output().unwrap();
     assert!(
         cleanup.status.success(),
-        "offload --cleanup: {}",
+        "offload cleanup: {}",
         String::from_utf8_lossy(&cleanup.stderr)
     );
-    assert_eq!(s.state().await, base, "--cleanup changed the table or store");
+    assert_eq!(s.state().await, base, "cleanup changed the table or store");
     assert!(s.data_files().await >= files_base);
 
     // With no grace period configured, the program's own cleanup removes them.
-    let text = std::fs::read_to_string(s.config())
-        .unwrap()
-        .replace("[catalog]\n", "[catalog]\norphan_grace = \"0s\"\n");
+    let text = std::fs::read_to_string(s.config()).unwrap() + "[iceberg.writer]\norphan_grace = \"0s\"\n";
     let no_grace = s.dir.join("no-grace.toml");
     std::fs::write(&no_grace, text).unwrap();
-    let cleanup = s.command(&no_grace, None, &["--cleanup"]).output().unwrap();
+    let cleanup = s.command(&no_grace, None, "cleanup", &[]).output().unwrap();
     assert!(
         cleanup.status.success(),
         "{}",
@@ -342,11 +340,11 @@ async fn soak() {
 
         let killed = if rng.below(10) < 6 {
             let fp = match rng.below(5) {
-                0 => "engine.after_lease".to_owned(),
-                1 => format!("engine.read_batch={}", 1 + rng.below(3)),
-                2 => "engine.before_commit".to_owned(),
-                3 => "engine.after_commit".to_owned(),
-                _ => "engine.after_store_update".to_owned(),
+                0 => "store.acquire_lease.after".to_owned(),
+                1 => format!("sink.write.after={}", 1 + rng.below(3)),
+                2 => "sink.commit.before".to_owned(),
+                3 => "sink.commit.after".to_owned(),
+                _ => "store.compare_and_set.after".to_owned(),
             };
             let r = s.run(Some(&fp));
             match r.signal() {
@@ -464,7 +462,7 @@ async fn racing_four_workers() {
     racing(4).await;
 }
 
-/// A worker frozen (SIGSTOP at `engine.before_commit`) with its window staged,
+/// A worker frozen (SIGSTOP at `sink.commit.before`) with its window staged,
 /// past the lease's expiry; another worker takes the table over and commits;
 /// the first one resumed (SIGCONT) must not commit its stale window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,8 +478,8 @@ async fn a_paused_worker_cannot_commit_a_stale_window() {
         .unwrap();
 
     // Worker-a stages its whole window and freezes itself right before the
-    // commit (SIGSTOP at the fail point): the most dangerous moment to lose a lease.
-    let mut a = s.spawn(&cfg_a, Some("engine.before_commit:stop"), "a.log");
+    // commit (SIGSTOP at the fault point): the most dangerous moment to lose a lease.
+    let mut a = s.spawn(&cfg_a, Some("sink.commit.before:stop"), "a.log");
     // Wait for the condition "worker-a is stopped" (state T in /proc).
     loop {
         if let Some(status) = a.try_wait().unwrap() {

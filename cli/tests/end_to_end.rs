@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use offload_core::{CancellationToken, WatermarkStore};
-use offload_examples::app::App;
-use offload_examples::config::Config;
+use offload_cli::app::App;
+use offload_cli::config::Config;
+use offload_core::{CancellationToken, Sink, WatermarkStore};
 use offload_testkit::{ClickHouseFront, repo_root};
 
 mod support;
@@ -60,6 +60,10 @@ impl Scenario {
     }
 
     fn config(&self, lag: &str) -> Config {
+        let catalog = match &self.pg_schema {
+            None => format!("kind = \"sqlite\"\npath = \"{}/catalog.db\"", self.dir.display()),
+            Some(_) => format!("kind = \"postgres\"\nurl = \"{}\"", self.catalog_uri),
+        };
         let store = match &self.pg_schema {
             None => format!("kind = \"file\"\npath = \"{}/watermarks\"", self.dir.display()),
             Some(schema) => format!(
@@ -68,12 +72,12 @@ impl Scenario {
             ),
         };
         Config::parse(&format!(
-            "engine_id = \"e2e\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"e2e\"\n\
-             [catalog]\nuri = \"{}\"\nwarehouse = \"{}/warehouse\"\nname = \"{}\"\n[store]\n{store}\n\
+            "[engine]\nid = \"e2e\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"e2e\"\n\
+             [iceberg]\nwarehouse = \"{}/warehouse\"\n[iceberg.catalog]\n{catalog}\nname = \"{}\"\n\
+             [store]\n{store}\n\
              [[tables]]\nname = \"trades\"\nsink_table = \"lake.trades\"\ntimestamp_column = \"ts\"\n\
              sequence_column = \"seq\"\nlag = \"{lag}\"\nbatch_size = 4096\n",
             self.front.url(),
-            self.catalog_uri,
             self.dir.display(),
             self.catalog_name
         ))
@@ -141,7 +145,12 @@ async fn exactly_once_through(catalog: &str) {
         if round == 4 {
             // Rows at the committed watermark's exact timestamp with larger
             // sequences: filtering on the timestamp alone would lose them.
-            let committed = offload_core::Sink::committed(app.sink.as_ref(), &app.tables[0])
+            let committed = app
+                .iceberg
+                .open(&app.tables[0])
+                .await
+                .unwrap()
+                .committed()
                 .await
                 .unwrap()
                 .expect("something committed")
@@ -170,7 +179,7 @@ async fn exactly_once_through(catalog: &str) {
         expected.starts_with(&format!("{next}\t{next}\t")),
         "source holds {next} distinct rows: {expected}"
     );
-    let table = app.sink.load_table(&app.tables[0]).await.unwrap();
+    let table = app.iceberg.load_table(&app.tables[0]).await.unwrap();
     assert_eq!(
         s.iceberg_local_figures(table.metadata().location()),
         expected,
@@ -179,7 +188,12 @@ async fn exactly_once_through(catalog: &str) {
     assert_eq!(s.pyiceberg_figures(), expected, "pyiceberg");
 
     // The store agrees with the table.
-    let committed = offload_core::Sink::committed(app.sink.as_ref(), &app.tables[0])
+    let committed = app
+        .iceberg
+        .open(&app.tables[0])
+        .await
+        .unwrap()
+        .committed()
         .await
         .unwrap()
         .map(|c| c.until);

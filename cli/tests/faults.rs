@@ -291,7 +291,7 @@ async fn a_source_table_gone_between_runs_fails_the_run_cleanly() {
 /// one (left by refused commits).
 async fn orphan_metadata(s: &Lake) -> usize {
     let app = s.app().await;
-    let t = app.sink.load_table(&app.tables[0]).await.unwrap();
+    let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
     let current = t
         .metadata_location()
         .expect("a metadata location")
@@ -312,7 +312,7 @@ fn wait_stopped(child: &mut Child, log: &Path) {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
-                "offload finished ({status:?}) before its fail point stopped it\n{}",
+                "offload finished ({status:?}) before its fault point stopped it\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
@@ -328,7 +328,7 @@ fn wait_stopped(child: &mut Child, log: &Path) {
 }
 
 /// ClickHouse (a dedicated front) is SIGKILLed while the program is in the
-/// middle of reading a window (frozen by a fail point after its 2nd batch).
+/// middle of reading a window (frozen by a fault point after its 2nd batch is written).
 /// The run fails with a source error and commits nothing; the table and the
 /// store are untouched, and runs against a live ClickHouse carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +360,7 @@ async fn clickhouse_killed_mid_stream_fails_the_run_and_commits_nothing() {
     )
     .unwrap();
     let log = s.dir.join("killed.log");
-    let mut child = s.spawn(&cfg, Some("engine.read_batch=2:stop"), "killed.log");
+    let mut child = s.spawn(&cfg, Some("sink.write.after=2:stop"), "killed.log");
     wait_stopped(&mut child, &log);
     // ~30 MB of response: far more than the client's batches in flight and
     // the socket buffers hold, so the stream is surely unfinished here.

@@ -19,7 +19,8 @@ fn a_broken_config_exits_2_and_writes_nothing() {
     let wh = dir.path().join("warehouse");
     let wm = dir.path().join("watermarks");
     let good = format!(
-        "[clickhouse]\nurl = \"http://127.0.0.1:9\"\n[catalog]\nuri = \"sqlite://{0}/c.db\"\nwarehouse = \"{1}\"\n\
+        "[clickhouse]\nurl = \"http://127.0.0.1:9\"\n[iceberg]\nwarehouse = \"{1}\"\n\
+         [iceberg.catalog]\nkind = \"sqlite\"\npath = \"{0}/c.db\"\n\
          [store]\nkind = \"file\"\npath = \"{2}\"\n[[tables]]\nname = \"t\"\ntimestamp_column = \"ts\"\n\
          sequence_column = \"seq\"\n",
         dir.path().display(),
@@ -40,7 +41,7 @@ fn a_broken_config_exits_2_and_writes_nothing() {
         let cfg = dir.path().join(format!("bad{i}.toml"));
         std::fs::write(&cfg, text).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_offload"))
-            .arg("--config")
+            .args(["run", "--config"])
             .arg(&cfg)
             .arg("--once")
             .output()
@@ -52,7 +53,7 @@ fn a_broken_config_exits_2_and_writes_nothing() {
         assert!(!dir.path().join("c.db").exists(), "case {i} created the catalog");
     }
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_offload"))
-        .args(["--config", "/nonexistent/offload.toml", "--once"])
+        .args(["run", "--config", "/nonexistent/offload.toml", "--once"])
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));

@@ -18,9 +18,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use offload_cli::app::App;
+use offload_cli::config::Config;
 use offload_core::{CommitMetadata, RunId, Sink, Source, Watermark, WatermarkStore, Window};
-use offload_examples::app::App;
-use offload_examples::config::Config;
 use offload_reconcile::{
     BucketSize, ClickHouseLayer, Depth, IcebergLayer, Reconciler, Report, TableSpec, TimeRange,
 };
@@ -153,10 +153,18 @@ impl Lake {
         }
     }
 
-    fn catalog_uri(&self) -> String {
+    fn catalog_section(&self) -> String {
         match self.catalog {
-            Catalog::Sqlite => format!("sqlite://{}/catalog.db", self.dir.display()),
-            Catalog::Postgres => pg_url(),
+            Catalog::Sqlite => format!(
+                "kind = \"sqlite\"\npath = \"{}/catalog.db\"\nname = \"{}\"",
+                self.dir.display(),
+                self.catalog_name
+            ),
+            Catalog::Postgres => format!(
+                "kind = \"postgres\"\nurl = \"{}\"\nname = \"{}\"",
+                pg_url(),
+                self.catalog_name
+            ),
         }
     }
 
@@ -170,20 +178,17 @@ impl Lake {
                 self.pg_schema
             ),
         };
-        let engine = engine_id
-            .map(|id| format!("engine_id = \"{id}\"\n"))
-            .unwrap_or_default();
+        let engine = engine_id.map(|id| format!("id = \"{id}\"\n")).unwrap_or_default();
         format!(
-            "{engine}lease_ttl = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
-             [catalog]\nuri = \"{}\"\nwarehouse = \"{}/warehouse\"\nname = \"{}\"\n[store]\n{store}\n\
+            "[engine]\n{engine}lease_ttl = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
+             [iceberg]\nwarehouse = \"{}/warehouse\"\n[iceberg.catalog]\n{}\n[store]\n{store}\n\
              [[tables]]\nname = \"trades\"\nsink_table = \"lake.trades\"\ntimestamp_column = \"ts\"\n\
              sequence_column = \"seq\"\nlag = \"{lag}\"\nbatch_size = {}\n",
             self.lease_ttl,
             front().url(),
             self.db,
-            self.catalog_uri(),
             self.dir.display(),
-            self.catalog_name,
+            self.catalog_section(),
             self.batch_size,
         )
     }
@@ -211,10 +216,16 @@ impl Lake {
         ));
     }
 
-    /// The program with `--config <config>`, fail points armed by `failpoints`.
-    pub fn command(&self, config: &Path, failpoints: Option<&str>, args: &[&str]) -> Command {
+    /// `offload <subcommand> --config <config> <args>`, fail points armed by `failpoints`.
+    pub fn command(
+        &self,
+        config: &Path,
+        failpoints: Option<&str>,
+        subcommand: &str,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_offload"));
-        cmd.arg("--config").arg(config).args(args);
+        cmd.arg(subcommand).arg("--config").arg(config).args(args);
         cmd.env_remove("OFFLOAD_FAILPOINTS");
         if let Some(fp) = failpoints {
             cmd.env("OFFLOAD_FAILPOINTS", fp);
@@ -222,23 +233,27 @@ impl Lake {
         cmd
     }
 
-    /// Runs `offload --once` to its end.
+    /// Runs `offload run --once` to its end.
     pub fn run(&self, failpoints: Option<&str>) -> Run {
         let cfg = self.config();
-        Run::from_output(self.command(&cfg, failpoints, &["--once"]).output().unwrap())
+        Run::from_output(
+            self.command(&cfg, failpoints, "run", &["--once"])
+                .output()
+                .unwrap(),
+        )
     }
 
-    /// Runs `offload --once` with another config file.
+    /// Runs `offload run --once` with another config file.
     pub fn run_with_config(&self, config: &Path) -> Run {
-        Run::from_output(self.command(config, None, &["--once"]).output().unwrap())
+        Run::from_output(self.command(config, None, "run", &["--once"]).output().unwrap())
     }
 
-    /// Runs `offload --once` and requires success.
+    /// Runs `offload run --once` and requires success.
     pub fn run_ok(&self) -> Run {
         let r = self.run(None);
         assert!(
             r.status.success(),
-            "[{}] offload --once failed: {}",
+            "[{}] offload run --once failed: {}",
             self.name,
             r.describe()
         );
@@ -251,30 +266,30 @@ impl Lake {
         r
     }
 
-    /// Runs `offload --once` with `failpoint` armed and requires it to abort there.
+    /// Runs `offload run --once` with `failpoint` armed and requires it to abort there.
     pub fn crash_at(&self, failpoint: &str) -> Run {
         let r = self.run(Some(failpoint));
         assert_eq!(
             r.signal(),
             Some(SIGABRT),
-            "[{}] fail point {failpoint} did not abort the program (is the `failpoints` feature \
-             compiled into the test build of `offload`?): {}",
+            "[{}] fault point {failpoint} did not abort the program (is offload-cli's `failpoints` \
+             feature compiled into the test build of `offload`?): {}",
             self.name,
             r.describe()
         );
         let point = failpoint.split('=').next().unwrap();
         assert!(
-            r.stderr.contains(&format!("failpoint {point} reached")),
+            r.stderr.contains(&format!("fault point {point} reached")),
             "{}",
             r.describe()
         );
         r
     }
 
-    /// Spawns `offload --once` with its output in `<dir>/<log>`.
+    /// Spawns `offload run --once` with its output in `<dir>/<log>`.
     pub fn spawn(&self, config: &Path, failpoints: Option<&str>, log: &str) -> Child {
         let out = File::create(self.dir.join(log)).unwrap();
-        self.command(config, failpoints, &["--once"])
+        self.command(config, failpoints, "run", &["--once"])
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -285,7 +300,7 @@ impl Lake {
     pub fn drain(&self) {
         let cfg = self.write_config("drain.toml", "0s", None);
         for _ in 0..20 {
-            let r = Run::from_output(self.command(&cfg, None, &["--once"]).output().unwrap());
+            let r = Run::from_output(self.command(&cfg, None, "run", &["--once"]).output().unwrap());
             assert!(
                 r.status.success(),
                 "[{}] drain failed: {}",
@@ -307,7 +322,12 @@ impl Lake {
     /// The store's and the table's committed watermarks.
     pub async fn state(&self) -> State {
         let app = self.app().await;
-        let committed = offload_core::Sink::committed(app.sink.as_ref(), &app.tables[0])
+        let committed = app
+            .iceberg
+            .open(&app.tables[0])
+            .await
+            .unwrap()
+            .committed()
             .await
             .unwrap()
             .map(|c| c.until);
@@ -340,7 +360,7 @@ impl Lake {
     /// The Iceberg table's directory (for `icebergLocal`) once it exists.
     pub async fn table_path(&self) -> String {
         let app = self.app().await;
-        let t = app.sink.load_table(&app.tables[0]).await.unwrap();
+        let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
         t.metadata().location().trim_start_matches("file://").to_owned()
     }
 
@@ -367,7 +387,7 @@ impl Lake {
     /// window committed twice, or a gap, breaks the chain), and no run id twice.
     pub async fn window_chain(&self) -> usize {
         let app = self.app().await;
-        let t = app.sink.load_table(&app.tables[0]).await.unwrap();
+        let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
         let mut snaps: Vec<_> = t.metadata().snapshots().collect();
         snaps.sort_by_key(|s| s.sequence_number());
         let mut prev_until: Option<String> = None;
@@ -517,10 +537,10 @@ impl Lake {
         let range = TimeRange::new(lo, hi + 1, BucketSize::Minute).unwrap();
         let app = self.app().await;
         let clickhouse = ClickHouseLayer::from_url(front().url()).with_database(&self.db);
-        let spec = TableSpec::from_table_config(&app.tables[0], "lake").sum_columns(["price"]);
+        let spec = TableSpec::from_table_config(&app.tables[0]).sum_columns(["price"]);
         assert_eq!(spec.iceberg(), Some("lake.trades"));
         Reconciler::new(clickhouse, range)
-            .with_iceberg(IcebergLayer::new(app.sink.catalog().clone()))
+            .with_iceberg(IcebergLayer::new(app.iceberg.catalog().clone()))
             .with_depth(Depth::Full)
             .run(&[spec])
             .await
@@ -625,29 +645,25 @@ impl Lake {
             .database(&self.db)
             .build()
             .unwrap();
-        let schema = source.schema(table).await.unwrap();
+        let source = source.open(table).await.unwrap();
+        let schema = source.schema();
         let rows = Window::new(Watermark::new(lo - 1, u64::MAX), Watermark::new(lo, u64::MAX)).unwrap();
-        let batches: Vec<_> = source
-            .read(table, rows)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let batches: Vec<_> = source.read(rows).await.unwrap().try_collect().await.unwrap();
         let run = RunId::new();
-        let mut writer = app.sink.begin(table, run, schema).await.unwrap();
+        let sink = app.iceberg.open(table).await.unwrap();
+        let mut writer = sink.begin(run, schema).await.unwrap();
         for b in batches {
             writer.write(b).await.unwrap();
         }
         let staged = writer.finish().await.unwrap();
-        let w = app.sink.committed(table).await.unwrap().unwrap().until;
+        let w = sink.committed().await.unwrap().unwrap().until;
         let meta = CommitMetadata {
             window: Window::new(w, Watermark::new(w.timestamp_micros(), w.sequence() + 1)).unwrap(),
             run_id: run,
             engine_id: "buggy-engine".into(),
             fencing_token: 1,
         };
-        app.sink.commit(table, &staged, &meta).await.unwrap();
+        staged.commit(&meta).await.unwrap();
         self.ch(&format!(
             "SELECT toUnixTimestamp64Micro(ts), seq FROM {}.trades WHERE toUnixTimestamp64Micro(ts) = {lo} ORDER BY seq FORMAT TSV",
             self.db

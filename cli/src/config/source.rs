@@ -1,0 +1,72 @@
+//! `[clickhouse]`: where rows come from.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::value::{Dur, EnvVar, SettingValue};
+
+/// `[clickhouse]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseSection {
+    /// HTTP(S) endpoint, e.g. `http://127.0.0.1:8123` (no password in it).
+    pub url: String,
+    /// Database for tables named without one (default: the user's default).
+    pub database: Option<String>,
+    /// User (default: the server's `default`).
+    pub user: Option<String>,
+    /// Name of the environment variable holding the password.
+    pub password_env: Option<EnvVar>,
+    /// Response compression on the wire (default `lz4`).
+    #[serde(default)]
+    pub compression: CompressionName,
+    /// Longest wait for the next piece of a response on the wire (default
+    /// 60s): a guard against a silent connection. Per-call deadlines are
+    /// `[timeouts]`; the engine also bounds each batch's wait by the lease.
+    pub stream_idle_timeout: Option<Dur>,
+    /// How `UInt64` columns are represented in Iceberg (default `decimal`).
+    #[serde(default)]
+    pub uint64: UInt64Name,
+    /// What to do with `DateTime64(7..9)` (default `truncate`).
+    #[serde(default)]
+    pub sub_microsecond: SubMicrosecondName,
+    /// ClickHouse settings sent with every query, e.g. `max_execution_time = 600`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+}
+
+/// `clickhouse.compression`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionName {
+    /// LZ4, ClickHouse's own default.
+    #[default]
+    Lz4,
+    /// None.
+    None,
+}
+
+/// `clickhouse.uint64`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UInt64Name {
+    /// `decimal(20, 0)`: every value fits.
+    #[default]
+    Decimal,
+    /// `long`: values above `i64::MAX` fail the run.
+    Int64,
+}
+
+/// `clickhouse.sub_microsecond`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubMicrosecondName {
+    /// Cut to microseconds.
+    #[default]
+    Truncate,
+    /// Iceberg v3 nanosecond timestamps.
+    Nanoseconds,
+    /// Refuse such columns.
+    Refuse,
+}

@@ -1,0 +1,186 @@
+//! `[[tables]]`: what to offload, and how each table is laid out in Iceberg.
+
+use serde::Deserialize;
+
+use super::value::Dur;
+
+/// One `[[tables]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSection {
+    /// Key in the store, logs and metrics.
+    pub name: String,
+    /// ClickHouse table, `table` or `database.table` (default: `name`).
+    pub source_table: Option<String>,
+    /// Iceberg table, `table` or `namespace.table` (default: `name`, in
+    /// `iceberg.namespace`).
+    pub sink_table: Option<String>,
+    /// Event-time column (`DateTime` / `DateTime64`).
+    pub timestamp_column: String,
+    /// Sequence column (integer): orders rows sharing a timestamp.
+    pub sequence_column: String,
+    /// Columns to copy (default: all).
+    pub columns: Option<Vec<String>>,
+    /// Hold-back for late rows (default: the engine's, 5m).
+    pub lag: Option<Dur>,
+    /// Rows per batch (default: the engine's).
+    pub batch_size: Option<usize>,
+    /// Largest event-time span per run, from the second window on.
+    pub max_window: Option<Dur>,
+    /// Extra ClickHouse `WHERE` condition, e.g. `symbol != 'TEST'` (row-only, no `now()`).
+    pub filter: Option<String>,
+    /// Iceberg partition fields, in order (default: `day` of the timestamp
+    /// column; `[]` = unpartitioned).
+    pub partition: Option<Vec<PartitionSection>>,
+    /// What `offload reconcile` compares for this table.
+    #[serde(default)]
+    pub reconcile: TableReconcileSection,
+}
+
+/// One partition field: `{ column = "symbol", transform = "bucket[16]" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSection {
+    /// Source column (default: the table's timestamp column).
+    pub column: Option<String>,
+    /// `identity`, `year`, `month`, `day`, `hour`, `bucket[N]` or `truncate[W]`.
+    pub transform: TransformName,
+}
+
+/// A partition transform as Iceberg writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransformName {
+    /// The value itself.
+    Identity,
+    /// Years since 1970.
+    Year,
+    /// Months since 1970.
+    Month,
+    /// Days since 1970.
+    Day,
+    /// Hours since 1970.
+    Hour,
+    /// Murmur3 hash modulo N.
+    Bucket(u32),
+    /// Truncated to width W.
+    Truncate(u32),
+}
+
+impl std::str::FromStr for TransformName {
+    type Err = String;
+
+    /// ```
+    /// use offload_cli::config::TransformName;
+    /// assert_eq!("bucket[16]".parse::<TransformName>(), Ok(TransformName::Bucket(16)));
+    /// assert_eq!("day".parse::<TransformName>(), Ok(TransformName::Day));
+    /// assert!("bucket[0]".parse::<TransformName>().is_err());
+    /// assert!("bucket".parse::<TransformName>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = || {
+            format!("{s:?}: expected identity, year, month, day, hour, bucket[N] or truncate[W] (N, W > 0)")
+        };
+        let param = |rest: &str| {
+            rest.strip_suffix(']')
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(expected)
+        };
+        Ok(match s.trim() {
+            "identity" => TransformName::Identity,
+            "year" => TransformName::Year,
+            "month" => TransformName::Month,
+            "day" => TransformName::Day,
+            "hour" => TransformName::Hour,
+            t => {
+                if let Some(rest) = t.strip_prefix("bucket[") {
+                    TransformName::Bucket(param(rest)?)
+                } else if let Some(rest) = t.strip_prefix("truncate[") {
+                    TransformName::Truncate(param(rest)?)
+                } else {
+                    return Err(expected());
+                }
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TransformName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[tables.reconcile]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableReconcileSection {
+    /// Kafka topic the table is ingested from (compared when `[reconcile.kafka]` is set).
+    pub kafka_topic: Option<String>,
+    /// Fingerprint exactly these columns (default: every column both sides share).
+    pub content_columns: Option<Vec<String>>,
+    /// Integer / decimal columns summed exactly per bucket.
+    #[serde(default)]
+    pub sum_columns: Vec<String>,
+}
+
+impl TableSection {
+    /// The table as an offload-core configuration, adapter options attached;
+    /// `key` is its key path (`tables[i]`) for errors.
+    pub(crate) fn to_config(&self, key: &str) -> Result<offload_core::TableConfig, super::ConfigError> {
+        use offload_sink_iceberg::{IcebergTableOptions, PartitionField, Transform};
+        use offload_source_clickhouse::ClickHouseTableOptions;
+
+        let mut b = offload_core::TableConfig::builder(&self.name)
+            .source_table(self.source_table.clone().unwrap_or_else(|| self.name.clone()))
+            .sink_table(self.sink_table.clone().unwrap_or_else(|| self.name.clone()))
+            .timestamp_column(&self.timestamp_column)
+            .sequence_column(&self.sequence_column);
+        if let Some(cols) = &self.columns {
+            b = b.columns(cols.clone());
+        }
+        if let Some(l) = self.lag {
+            b = b.lag(l.0);
+        }
+        if let Some(n) = self.batch_size {
+            b = b.batch_size(n);
+        }
+        if let Some(w) = self.max_window {
+            b = b.max_window(w.0);
+        }
+        if let Some(fields) = &self.partition {
+            let mut opts = IcebergTableOptions::default();
+            if fields.is_empty() {
+                opts = opts.unpartitioned();
+            }
+            for (j, f) in fields.iter().enumerate() {
+                let column = f.column.clone().unwrap_or_else(|| self.timestamp_column.clone());
+                if column.trim().is_empty() {
+                    return Err(super::ConfigError::invalid(
+                        &format!("{key}.partition[{j}].column"),
+                        "must not be empty",
+                    ));
+                }
+                let transform = match f.transform {
+                    TransformName::Identity => Transform::Identity,
+                    TransformName::Year => Transform::Year,
+                    TransformName::Month => Transform::Month,
+                    TransformName::Day => Transform::Day,
+                    TransformName::Hour => Transform::Hour,
+                    TransformName::Bucket(n) => Transform::Bucket(n),
+                    TransformName::Truncate(w) => Transform::Truncate(w),
+                };
+                opts = opts.partition_by(PartitionField::new(column, transform));
+            }
+            b = b.option(opts);
+        }
+        if let Some(sql) = &self.filter {
+            b = b.option(ClickHouseTableOptions::default().filter(sql));
+        }
+        b.build().map_err(|source| super::ConfigError::Table {
+            key: key.to_owned(),
+            table: self.name.clone(),
+            source,
+        })
+    }
+}

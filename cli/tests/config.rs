@@ -1,0 +1,251 @@
+//! The configuration parser: the example file parses, every bad file is a
+//! typed error naming its key path, arbitrary input never panics, and
+//! secrets are neither accepted inline nor printed.
+
+use offload_cli::config::{Config, ConfigError, Dur};
+use offload_sink_iceberg::{IcebergTableOptions, Transform};
+use offload_source_clickhouse::ClickHouseTableOptions;
+use proptest::prelude::*;
+
+const GOOD: &str = r#"
+[engine]
+interval = "30s"
+[clickhouse]
+url = "http://127.0.0.1:8123"
+password_env = "OFFLOAD_TEST_CH_PASSWORD"
+[iceberg]
+warehouse = "/tmp/wh"
+[iceberg.catalog]
+kind = "sqlite"
+path = "/tmp/c.db"
+[store]
+kind = "file"
+path = "/tmp/wm"
+[[tables]]
+name = "bronze_trades"
+timestamp_column = "exchange_timestamp"
+sequence_column = "sequence_number"
+lag = "5m"
+partition = [{ transform = "hour" }]
+"#;
+
+#[test]
+fn the_example_file_parses_with_every_section() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("offload.example.toml");
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(cfg.engine.id.as_deref(), Some("worker-1"));
+    assert_eq!(cfg.retry.attempts, 5);
+    assert_eq!(cfg.timeouts.staging.0.as_secs(), 600);
+    assert!(cfg.metrics.is_some());
+    assert_eq!(cfg.clickhouse.settings["max_execution_time"].0, "600");
+    assert_eq!(cfg.iceberg.writer.target_file_size_mib, Some(128));
+    assert_eq!(cfg.reconcile.expired_after.unwrap().0.as_secs(), 7 * 86_400);
+    let tables = cfg.table_configs().unwrap();
+    assert_eq!(tables.len(), 2);
+    let t = &tables[0];
+    assert_eq!(
+        (t.source_table(), t.sink_table()),
+        ("market.bronze_trades", "market.bronze_trades")
+    );
+    let parts: Vec<_> = t
+        .option::<IcebergTableOptions>()
+        .expect("partitioning attached")
+        .partitioning(t)
+        .iter()
+        .map(|f| (f.column().to_owned(), f.transform().clone()))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("exchange_timestamp".to_owned(), Transform::Day),
+            ("symbol".to_owned(), Transform::Bucket(16))
+        ]
+    );
+    assert_eq!(
+        t.option::<ClickHouseTableOptions>().and_then(|o| o.filter_sql()),
+        Some("symbol != 'TEST'")
+    );
+    assert_eq!(cfg.tables[0].reconcile.sum_columns, ["price", "quantity"]);
+    // The smallest entry: a bare sink table, resolved in the default namespace.
+    assert_eq!(tables[1].sink_table(), "silver_trades");
+    assert_eq!(cfg.namespace(), "offload");
+}
+
+#[test]
+fn a_good_file_parses_into_table_configs() {
+    let cfg = Config::parse(GOOD).unwrap();
+    let t = &cfg.table_configs().unwrap()[0];
+    assert_eq!(t.sink_table(), "bronze_trades");
+    assert_eq!(cfg.namespace(), offload_sink_iceberg::DEFAULT_NAMESPACE);
+    assert_eq!(t.lag().as_secs(), 300);
+    assert_eq!(cfg.engine.interval.0.as_secs(), 30);
+    let p = t.option::<IcebergTableOptions>().unwrap().partitioning(t);
+    assert_eq!(p[0].transform(), &Transform::Hour);
+    assert_eq!(p[0].column(), "exchange_timestamp");
+}
+
+#[test]
+fn an_empty_partition_list_is_unpartitioned_and_none_is_the_default() {
+    let cfg =
+        Config::parse(&GOOD.replace("partition = [{ transform = \"hour\" }]", "partition = []")).unwrap();
+    let t = &cfg.table_configs().unwrap()[0];
+    assert!(
+        t.option::<IcebergTableOptions>()
+            .unwrap()
+            .partitioning(t)
+            .is_empty()
+    );
+    let cfg = Config::parse(&GOOD.replace("partition = [{ transform = \"hour\" }]", "")).unwrap();
+    let t = &cfg.table_configs().unwrap()[0];
+    assert!(
+        t.option::<IcebergTableOptions>().is_none(),
+        "the sink's default applies"
+    );
+}
+
+#[test]
+fn secrets_come_from_the_environment_only_and_never_print() {
+    // An inline password is refused, wherever a URL is accepted.
+    for (text, key) in [
+        (
+            GOOD.replace("http://127.0.0.1:8123", "http://u:hunter2@127.0.0.1:8123"),
+            "clickhouse.url",
+        ),
+        (
+            GOOD.replace(
+                "kind = \"file\"\npath = \"/tmp/wm\"",
+                "kind = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"",
+            ),
+            "store.url",
+        ),
+    ] {
+        let err = Config::parse(&text).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(shown.contains(key), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    // An inline `password` key does not exist.
+    let err = Config::parse(&GOOD.replace("password_env = ", "password = ")).unwrap_err();
+    assert!(err.to_string().contains("clickhouse"), "{err}");
+    // Resolved secrets print as ***.
+    let secret = offload_cli::config::EnvVar("OFFLOAD_TEST_SECRET_VALUE".into());
+    // SAFETY: this test binary's only writer of this variable.
+    unsafe { std::env::set_var("OFFLOAD_TEST_SECRET_VALUE", "hunter2") };
+    let s = secret.secret("k").unwrap();
+    assert_eq!(s.expose(), "hunter2");
+    assert_eq!(format!("{s:?}"), "***");
+}
+
+#[test]
+fn bad_files_are_typed_errors_that_say_where() {
+    let cases: &[(&str, &str)] = &[
+        (
+            &GOOD.replace("interval = \"30s\"", "interval = \"30 parsecs\""),
+            "engine.interval",
+        ),
+        (&GOOD.replace("lag = \"5m\"", "lagg = \"5m\""), "lagg"),
+        (
+            &GOOD.replace("transform = \"hour\"", "transform = \"bucket[0]\""),
+            "tables[0].partition[0].transform",
+        ),
+        (&GOOD.replace("kind = \"file\"", "kind = \"etcd\""), "etcd"),
+        (
+            &GOOD.replace("sequence_number", "exchange_timestamp"),
+            "sequence_column",
+        ),
+        (
+            &GOOD.replace("[engine]", "[engine]\nconcurrency = 0"),
+            "engine.concurrency",
+        ),
+        (
+            &GOOD.replace("[engine]", "[retry]\nattempts = 0\n[engine]"),
+            "retry.attempts",
+        ),
+        (
+            &GOOD.replace("[engine]", "[timeouts]\nstore = \"0s\"\n[engine]"),
+            "timeouts.store",
+        ),
+        (
+            &GOOD.replace("[store]", "[iceberg.writer]\nzstd_level = 99\n[store]"),
+            "iceberg.writer.zstd_level",
+        ),
+        (
+            &GOOD.replace("[store]", "[iceberg.s3]\nregion = \"x\"\n[store]"),
+            "iceberg.s3",
+        ),
+        (
+            &GOOD.replace(
+                "kind = \"file\"\npath = \"/tmp/wm\"",
+                "kind = \"postgres\"\nschema = \"s\"",
+            ),
+            "store.url",
+        ),
+        (&GOOD[..GOOD.len() / 2], ""),
+        (
+            &format!(
+                "{GOOD}\n[[tables]]\nname = \"bronze_trades\"\ntimestamp_column = \"a\"\nsequence_column = \"b\"\n"
+            ),
+            "duplicate",
+        ),
+        (&GOOD.replace("[[tables]]", "[[tablez]]"), "tablez"),
+    ];
+    for (text, needle) in cases {
+        let err = Config::parse(text).expect_err(needle);
+        assert!(
+            matches!(
+                err,
+                ConfigError::Parse { .. } | ConfigError::Invalid { .. } | ConfigError::Table { .. }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+        assert!(err.to_string().starts_with("invalid configuration"), "{err}");
+    }
+}
+
+#[test]
+fn a_missing_password_variable_names_the_key() {
+    let cfg = Config::parse(&GOOD.replace("OFFLOAD_TEST_CH_PASSWORD", "OFFLOAD_TEST_SURELY_UNSET")).unwrap();
+    let err = cfg
+        .clickhouse
+        .password_env
+        .as_ref()
+        .unwrap()
+        .secret("clickhouse.password_env")
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::MissingEnv { var, key } if var == "OFFLOAD_TEST_SURELY_UNSET" && key == "clickhouse.password_env"),
+        "{err:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Fuzz: whatever the bytes, parsing returns (never panics).
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+        let _ = Config::parse(&text);
+    }
+
+    /// Fuzz: a valid file cut or corrupted at any point is an error or a valid config, never a panic.
+    #[test]
+    fn corrupted_files_never_panic(cut in 0..GOOD.len(), junk in "\\PC{0,8}") {
+        let mut text = GOOD.to_owned();
+        if text.is_char_boundary(cut) {
+            text.insert_str(cut, &junk);
+        }
+        let _ = Config::parse(&text);
+    }
+
+    #[test]
+    fn durations_round_trip(n in 0u64..1_000_000, unit in prop::sample::select(vec![("ms", 1u64), ("s", 1_000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)])) {
+        let d: Dur = format!("{n}{}", unit.0).parse().unwrap();
+        prop_assert_eq!(d.0.as_millis() as u64, n * unit.1);
+    }
+
+    #[test]
+    fn duration_parser_never_panics(s in "\\PC{0,24}") {
+        let _ = s.parse::<Dur>();
+    }
+}
