@@ -107,7 +107,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .sequence_column("seq")
         .build()?;
     let schema = schema();
-    sink.prepare(&table, schema.clone()).await?;
+    let table = sink.open(&table).await?;
+    table.prepare(schema.clone()).await?;
     let batches: Vec<RecordBatch> = (0..rows)
         .step_by(BATCH)
         .map(|s| batch(&schema, s, BATCH.min(rows - s)))
@@ -115,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let started = Instant::now();
     let run_id = RunId::new();
-    let mut writer = sink.begin(&table, run_id, schema.clone()).await?;
+    let mut writer = table.begin(run_id, schema.clone()).await?;
     for b in batches {
         writer.write(b).await?;
     }
@@ -128,12 +129,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         engine_id: "bench".into(),
         fencing_token: 1,
     };
-    sink.commit(&table, &staged, &meta).await?;
+    staged.commit(&meta).await?;
     let total = started.elapsed();
     println!(
         "{rows} rows, {} files, {:.1} MiB, tasks={tasks}, zstd={level}: staged in {:.2?}, committed in {:.2?} -> {:.2} M rows/s",
-        staged.files().len(),
-        staged.bytes() as f64 / (1 << 20) as f64,
+        staged.stats().files.len(),
+        staged.stats().bytes as f64 / (1 << 20) as f64,
         encoded,
         total,
         rows as f64 / total.as_secs_f64() / 1e6

@@ -5,7 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::IcebergSinkError;
+use offload_core::redact::{redact_opt, redact_url};
+
+use crate::{DEFAULT_NAMESPACE, IcebergSinkError};
 
 /// Which catalog implementation holds the tables' metadata pointers.
 #[derive(Clone, PartialEq, Eq)]
@@ -162,14 +164,24 @@ pub struct CatalogConfig {
 
 impl fmt::Debug for CatalogConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let props: BTreeMap<&str, &str> = self.props.keys().map(|k| (k.as_str(), "<redacted>")).collect();
+        let props: BTreeMap<&str, &str> = self.props.keys().map(|k| (k.as_str(), "***")).collect();
         f.debug_struct("CatalogConfig")
             .field("backend", &self.backend)
             .field("name", &self.name)
-            .field("warehouse", &redact_url(&self.warehouse))
+            .field("warehouse", &redact_location(&self.warehouse))
             .field("storage", &self.storage)
             .field("props", &props)
             .finish()
+    }
+}
+
+/// A warehouse location for `Debug`: URLs (`s3://`, `file://`, ...) go through
+/// [`redact_url`]; a plain path holds no secret and is shown as it is.
+fn redact_location(location: &str) -> String {
+    if location.contains("://") {
+        redact_url(location)
+    } else {
+        location.to_owned()
     }
 }
 
@@ -401,48 +413,6 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 after percent-decoding"))
 }
 
-fn redact_opt(v: &Option<String>) -> Option<&'static str> {
-    v.as_ref().map(|_| "<redacted>")
-}
-
-/// `scheme://user:password@host/...` -> `scheme://user:<redacted>@host/...`;
-/// query values are redacted too (they may carry tokens).
-pub(crate) fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                    if userinfo.contains(':') {
-                        format!("{scheme}://{user}:<redacted>@{host}{path}")
-                    } else {
-                        format!("{scheme}://{user}@{host}{path}")
-                    }
-                }
-                None => base.to_owned(),
-            }
-        }
-        None => base.to_owned(),
-    };
-    if let Some(q) = query {
-        let keys: Vec<String> = q
-            .split('&')
-            .map(|p| format!("{}=<redacted>", p.split_once('=').map_or(p, |(k, _)| k)))
-            .collect();
-        out.push('?');
-        out.push_str(&keys.join("&"));
-    }
-    out
-}
-
 /// Everything the sink needs: the catalog plus write and commit settings.
 ///
 /// ```
@@ -466,28 +436,28 @@ pub struct IcebergSinkConfig {
     pub(crate) writer_tasks: usize,
     pub(crate) queue_depth: usize,
     pub(crate) commit_timeout: Duration,
-    pub(crate) operation_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     pub(crate) orphan_grace: Duration,
     pub(crate) check_duplicate_files: bool,
 }
 
 impl IcebergSinkConfig {
     /// Defaults: zstd level 3, 128 MiB target files, 1 Mi-row row groups,
-    /// one background writer task, commit timeout 120 s, other catalog
-    /// operations 60 s, orphan grace period 24 h, namespace `default` for
-    /// unqualified table names, duplicate-file check off (see
+    /// one background writer task, commit timeout 120 s, connect timeout
+    /// 60 s, orphan grace period 24 h, namespace [`DEFAULT_NAMESPACE`]
+    /// (`offload`) for unqualified table names, duplicate-file check off (see
     /// [`check_duplicate_files`](Self::check_duplicate_files)).
     pub fn new(catalog: CatalogConfig) -> Self {
         Self {
             catalog,
-            default_namespace: "default".into(),
+            default_namespace: DEFAULT_NAMESPACE.into(),
             zstd_level: 3,
             target_file_size: 128 << 20,
             row_group_rows: 1 << 20,
             writer_tasks: 1,
             queue_depth: 4,
             commit_timeout: Duration::from_secs(120),
-            operation_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(60),
             orphan_grace: Duration::from_secs(24 * 3600),
             check_duplicate_files: false,
         }
@@ -528,20 +498,25 @@ impl IcebergSinkConfig {
         self.queue_depth = n;
         self
     }
-    /// Namespace for sink table names without a dot (default `default`).
+    /// Namespace for sink table names without a dot (default [`DEFAULT_NAMESPACE`],
+    /// `offload`; see [`TableName::parse`](crate::TableName::parse)).
     pub fn default_namespace(mut self, ns: impl Into<String>) -> Self {
         self.default_namespace = ns.into();
         self
     }
     /// Upper bound for one commit (default 120 s). A commit that times out
-    /// after reaching the catalog is reported as an unknown outcome.
+    /// after reaching the catalog is reported as an unknown outcome, one that
+    /// times out before as a retryable failure. The sink keeps this deadline
+    /// itself because only it knows how far the commit got; deadlines for the
+    /// other operations belong in `offload_core::layer::Timeout` around the sink.
     pub fn commit_timeout(mut self, d: Duration) -> Self {
         self.commit_timeout = d;
         self
     }
-    /// Upper bound for other catalog round trips (default 60 s).
-    pub fn operation_timeout(mut self, d: Duration) -> Self {
-        self.operation_timeout = d;
+    /// Upper bound for [`IcebergSink::connect`](crate::IcebergSink::connect)
+    /// (default 60 s): building the catalog client, which no layer wraps.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
         self
     }
     /// Files younger than this are never deleted by `cleanup` (default 24 h):
@@ -583,11 +558,11 @@ impl IcebergSinkConfig {
         if self.queue_depth == 0 {
             return bad("queue_depth", "must be positive");
         }
-        if self.commit_timeout.is_zero() || self.operation_timeout.is_zero() {
+        if self.commit_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts", "must be positive");
         }
-        if self.default_namespace.is_empty() {
-            return bad("default_namespace", "must not be empty");
+        if self.default_namespace.is_empty() || self.default_namespace.split('.').any(str::is_empty) {
+            return bad("default_namespace", "must not be empty or have an empty segment");
         }
         if self.catalog.name.trim().is_empty() {
             return bad("catalog name", "must not be empty");
@@ -652,9 +627,38 @@ mod tests {
         for secret in ["hunter2", "SECRETKEY", "TOKEN", "BEARER"] {
             assert!(!d.contains(secret), "{secret} leaked in {d}");
         }
-        assert!(d.contains("u:<redacted>@h"), "{d}");
+        assert!(d.contains("u:***@h"), "{d}");
         let cfg = IcebergSinkConfig::new(c);
         assert!(!format!("{cfg:?}").contains("hunter2"));
-        assert_eq!(redact_url("http://h/x?token=abc"), "http://h/x?token=<redacted>");
+    }
+
+    /// The old local `redact_url` cut the URL at the first `/` to find the
+    /// user info, so a password holding `/` was printed in full.
+    #[test]
+    fn debug_hides_a_password_with_a_slash() {
+        for (url, secret) in [
+            ("postgres://offload:pa/ss@db:5432/iceberg", "pa/ss"),
+            ("postgres://offload:a/b?c#d@db/iceberg?sslmode=disable", "a/b"),
+        ] {
+            let c = CatalogConfig::postgres(url, "/w");
+            let d = format!("{c:?}");
+            assert!(!d.contains(secret), "{secret} leaked in {d}");
+            assert!(!d.contains("ss@") && !d.contains("#d"), "{d}");
+            assert!(d.contains("@db"), "the host is still shown: {d}");
+            let rest = CatalogConfig::rest(url.replace("postgres", "http"), "lake");
+            assert!(!format!("{rest:?}").contains(secret), "{rest:?}");
+        }
+        let s3 = CatalogConfig::sqlite("/c.db", "s3://user:se/cret@bucket/wh");
+        assert!(!format!("{s3:?}").contains("se/cret"), "{s3:?}");
+        // A local warehouse path is no secret and stays readable.
+        assert!(format!("{:?}", CatalogConfig::sqlite("/c.db", "/var/wh")).contains("/var/wh"));
+    }
+
+    #[test]
+    fn unqualified_names_default_to_the_offload_namespace() {
+        let cfg = IcebergSinkConfig::new(CatalogConfig::memory("/w"));
+        assert_eq!(cfg.default_namespace, DEFAULT_NAMESPACE);
+        assert!(cfg.clone().default_namespace("a..b").validate().is_err());
+        assert!(cfg.default_namespace("a.b").validate().is_ok());
     }
 }

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use offload_core::sql::sqlx_retryable;
+
 /// Everything the Iceberg sink can fail with, classified by [`is_retryable`](Self::is_retryable).
 ///
-/// The fence and in-doubt outcomes are *not* here: [`IcebergSink::commit`](crate::IcebergSink)
+/// The fence and in-doubt outcomes are *not* here: [`IcebergStaged::commit`](crate::IcebergStaged)
 /// returns `offload_core::Error::CommitConflict` and `offload_core::Error::CommitOutcomeUnknown`
 /// directly, because the engine matches on those variants.
 ///
@@ -130,12 +132,27 @@ pub enum IcebergSinkError {
         reason: String,
     },
 
-    /// `commit`/`abort` was given a [`Staged`](offload_core::Staged) this sink did not produce,
-    /// or one staged for another table.
-    #[error("staged data does not belong to this sink and table: {reason}")]
-    ForeignStaging {
-        /// Why it was refused.
-        reason: String,
+    /// A staging was committed under another run's metadata: the commit
+    /// metadata's run id must be the run that staged the files.
+    #[error("staged by run {staged} but committed as run {committed}")]
+    RunMismatch {
+        /// The run that staged the files.
+        staged: String,
+        /// The run id in the commit metadata.
+        committed: String,
+    },
+
+    /// Another writer changed the table's schema while this one planned its
+    /// own schema change, so the change was refused. Retryable: the next
+    /// attempt plans against the new schema (the `Retry` layer around
+    /// `prepare` makes it).
+    #[error("the schema of {table} changed concurrently: {source}")]
+    ConcurrentSchemaChange {
+        /// The table.
+        table: String,
+        /// The refusal.
+        #[source]
+        source: Box<iceberg::Error>,
     },
 
     /// The catalog acknowledged a commit that a fresh read does not show.
@@ -146,10 +163,10 @@ pub enum IcebergSinkError {
         run_id: String,
     },
 
-    /// `abort` was asked to delete files of a run whose commit is part of the table.
+    /// `discard` was asked to delete files of a run whose commit is part of the table.
     /// Refused: deleting them would lose committed rows.
     #[error("refusing to delete the staged files of run {run_id}: its commit is part of the table")]
-    AbortOfCommittedRun {
+    DiscardOfCommittedRun {
         /// The run.
         run_id: String,
     },
@@ -180,9 +197,11 @@ impl IcebergSinkError {
     /// Whether the same call may succeed if tried again after a pause.
     ///
     /// Retryable: catalog commit conflicts that are not fence conflicts (the base
-    /// moved), lock contention (`SQLITE_BUSY`, PostgreSQL serialization
-    /// failures), connection and I/O errors, timeouts, a commit the catalog
-    /// acknowledged but does not show. Not retryable: configuration, schema and
+    /// moved), a schema change refused because another writer changed the
+    /// schema, lock contention (`SQLITE_BUSY`, PostgreSQL serialization
+    /// failures; one classification: `offload_core::sql::sqlx_retryable`),
+    /// connection and I/O errors, timeouts, a commit the catalog acknowledged
+    /// but does not show. Not retryable: configuration, schema and
     /// type errors, data that cannot be cast.
     ///
     /// ```
@@ -196,6 +215,7 @@ impl IcebergSinkError {
             IcebergSinkError::Iceberg { source, .. } => iceberg_retryable(source),
             IcebergSinkError::Io { .. }
             | IcebergSinkError::Timeout { .. }
+            | IcebergSinkError::ConcurrentSchemaChange { .. }
             | IcebergSinkError::CommitNotVisible { .. } => true,
             IcebergSinkError::Sql { source, .. } => sqlx_retryable(source),
             IcebergSinkError::Config { .. }
@@ -205,8 +225,8 @@ impl IcebergSinkError {
             | IcebergSinkError::IncompatibleSchema { .. }
             | IcebergSinkError::MissingColumn { .. }
             | IcebergSinkError::Arrow { .. }
-            | IcebergSinkError::ForeignStaging { .. }
-            | IcebergSinkError::AbortOfCommittedRun { .. }
+            | IcebergSinkError::RunMismatch { .. }
+            | IcebergSinkError::DiscardOfCommittedRun { .. }
             | IcebergSinkError::InvalidMarker { .. }
             | IcebergSinkError::CleanupUnsupported { .. } => false,
         }
@@ -265,31 +285,6 @@ pub(crate) fn iceberg_retryable(e: &iceberg::Error) -> bool {
         && (msg.starts_with("Failed to write") || msg.starts_with("Failed to create"))
 }
 
-pub(crate) fn sqlx_retryable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED and their extended codes
-            // (517 BUSY_SNAPSHOT, 261 BUSY_RECOVERY, ...). PostgreSQL:
-            // 40001 serialization_failure, 40P01 deadlock, 08xxx connection,
-            // 57P01 admin shutdown, 53300 too many connections.
-            let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
-            sqlite_busy
-                || matches!(code, "40001" | "40P01" | "57P01" | "53300")
-                || code.starts_with("08")
-                || db.message().contains("database is locked")
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,8 +298,12 @@ mod tests {
         assert!(IcebergSinkError::iceberg("load", io).is_retryable());
         let bad = iceberg::Error::new(iceberg::ErrorKind::DataInvalid, "bad schema");
         assert!(!IcebergSinkError::iceberg("create", bad).is_retryable());
-        assert!(sqlx_retryable(&sqlx::Error::PoolTimedOut));
-        assert!(!sqlx_retryable(&sqlx::Error::RowNotFound));
+        let busy = iceberg::Error::new(iceberg::ErrorKind::Unexpected, "sqlx")
+            .with_source(sqlx::Error::PoolTimedOut);
+        assert!(IcebergSinkError::iceberg("load", busy).is_retryable());
+        let gone =
+            iceberg::Error::new(iceberg::ErrorKind::Unexpected, "sqlx").with_source(sqlx::Error::RowNotFound);
+        assert!(!IcebergSinkError::iceberg("load", gone).is_retryable());
     }
 
     #[test]

@@ -2,13 +2,18 @@
 #![warn(missing_docs)]
 
 mod catalog;
+mod commit;
 mod config;
 mod error;
 mod markers;
+mod naming;
+mod options;
 mod schema;
 mod sink;
+mod table;
 mod writer;
 
+pub use commit::IcebergStaged;
 pub use config::{
     CatalogBackend, CatalogConfig, DEFAULT_CATALOG_NAME, IcebergSinkConfig, S3Config, StorageConfig,
 };
@@ -17,4 +22,7 @@ pub use markers::{
     KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_WINDOW_AFTER,
     SUMMARY_WINDOW_UNTIL, committed_window,
 };
+pub use naming::{DEFAULT_NAMESPACE, TableName};
+pub use options::{IcebergTableOptions, PartitionField, Transform};
 pub use sink::IcebergSink;
+pub use table::IcebergTable;

@@ -19,14 +19,14 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use offload_core::{RunId, Staged, StagingWriter};
+use offload_core::{RunId, Staged, StagedStats, StagingWriter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::IcebergSinkError;
 use crate::schema::Conformer;
+use crate::{IcebergSinkError, IcebergStaged, IcebergTable};
 
 /// Turns Parquet's dictionary attempt off for top-level numeric, temporal and
 /// boolean columns. Prices, timestamps and sequence numbers are nearly unique,
@@ -64,13 +64,6 @@ fn without_numeric_dictionaries(
         }
     }
     props
-}
-
-/// What a finished staging hands to `commit`: the data files to append.
-#[derive(Debug, Clone)]
-pub(crate) struct StagedFiles {
-    pub(crate) ident: TableIdent,
-    pub(crate) data_files: Vec<DataFile>,
 }
 
 /// Every location handed out to a writer of one run, so `abort` and failures
@@ -157,7 +150,7 @@ type TaskResult = Result<Vec<DataFile>, IcebergSinkError>;
 /// next batches meanwhile.
 pub(crate) struct IcebergStagingWriter {
     run_id: RunId,
-    ident: TableIdent,
+    table: IcebergTable,
     file_io: FileIO,
     senders: Vec<mpsc::Sender<RecordBatch>>,
     tasks: Vec<JoinHandle<TaskResult>>,
@@ -169,7 +162,12 @@ pub(crate) struct IcebergStagingWriter {
 
 impl IcebergStagingWriter {
     /// Starts the encoder tasks for one staging attempt of a run.
-    pub(crate) fn start(plan: WritePlan, run_id: RunId, attempt: u32) -> Result<Self, IcebergSinkError> {
+    pub(crate) fn start(
+        table: IcebergTable,
+        plan: WritePlan,
+        run_id: RunId,
+        attempt: u32,
+    ) -> Result<Self, IcebergSinkError> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(plan.zstd_level).map_err(
                 |e| IcebergSinkError::Config {
@@ -213,7 +211,7 @@ impl IcebergStagingWriter {
         }
         Ok(Self {
             run_id,
-            ident: plan.ident,
+            table,
             file_io: plan.file_io,
             senders,
             tasks,
@@ -310,7 +308,7 @@ impl StagingWriter for IcebergStagingWriter {
         Err(err.into())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Staged, offload_core::Error> {
+    async fn finish(mut self: Box<Self>) -> Result<Box<dyn Staged>, offload_core::Error> {
         let files = match self.join().await {
             Ok(files) => files,
             Err(e) => return Err(self.fail(e).await.into()),
@@ -324,16 +322,8 @@ impl StagingWriter for IcebergStagingWriter {
         }
         let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
         let paths = files.iter().map(|f| f.file_path().to_owned()).collect();
-        Ok(Staged::new(
-            self.run_id,
-            rows,
-            bytes,
-            paths,
-            StagedFiles {
-                ident: self.ident.clone(),
-                data_files: files,
-            },
-        ))
+        let stats = StagedStats::new(self.run_id, rows, bytes, paths);
+        Ok(Box::new(IcebergStaged::new(self.table.clone(), stats, files)))
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), offload_core::Error> {

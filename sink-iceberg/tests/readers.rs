@@ -14,7 +14,7 @@ use arrow_array::types::{Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use common::*;
 use iceberg::spec::Type;
-use offload_core::{Sink, Watermark};
+use offload_core::{SinkTable, Watermark};
 use serde_json::Value;
 
 fn expected_keys(batches: &[RecordBatch]) -> String {
@@ -78,9 +78,8 @@ fn ids(t: &Type, path: &str, out: &mut BTreeMap<String, i64>) {
 async fn pyiceberg_and_clickhouse_read_what_we_wrote() {
     let python = offload_testkit::venv_python();
     let b = Backend::sqlite();
-    let sink = b.sink().await;
-    let table = table_config("lake.readers");
-    sink.prepare(&table, trades_schema()).await.unwrap();
+    let table = b.table("lake.readers").await;
+    table.prepare(trades_schema()).await.unwrap();
 
     // Five UTC days (from the leap day on) in three commits; several batches per commit.
     let windows = [
@@ -98,19 +97,19 @@ async fn pyiceberg_and_clickhouse_read_what_we_wrote() {
     ];
     let mut after = Watermark::MIN;
     for w in &windows {
-        after = commit_window(&sink, &table, after, w).await.0;
+        after = commit_window(&table, after, w).await.0;
     }
     let written: Vec<RecordBatch> = windows.concat();
     let expected = figures(&written);
     assert_eq!(
-        figures(&read_back(&sink, &table).await),
+        figures(&read_back(&table).await),
         expected,
         "iceberg-rust reads it back"
     );
 
     let keys = b.dir.path().join("keys.txt");
     std::fs::write(&keys, expected_keys(&written)).unwrap();
-    let t = sink.load_table(&table).await.unwrap();
+    let t = table.load().await.unwrap();
     let cfg = serde_json::json!({
         "db": b.dir.path().join("catalog.db"),
         "warehouse": b.warehouse(),
@@ -244,5 +243,5 @@ async fn pyiceberg_and_clickhouse_read_what_we_wrote() {
         ch["ts_type"]
     );
     assert_eq!(ch["price_type"], "Decimal(18, 8)");
-    assert!(sink.committed(&table).await.unwrap().is_some());
+    assert!(table.committed().await.unwrap().is_some());
 }

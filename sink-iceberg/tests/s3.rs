@@ -13,7 +13,7 @@ mod common;
 use std::io::{Read, Write};
 
 use common::*;
-use offload_core::{RunId, Sink, Watermark};
+use offload_core::{RunId, SinkTable, Watermark};
 use offload_sink_iceberg::{
     CatalogConfig, IcebergSink, IcebergSinkConfig, IcebergSinkError, S3Config, StorageConfig,
 };
@@ -62,42 +62,42 @@ async fn s3_warehouse_round_trip() {
     let sink = IcebergSink::connect(IcebergSinkConfig::new(catalog))
         .await
         .unwrap();
-    let table = table_config("lake.s3");
-    sink.prepare(&table, trades_schema()).await.unwrap();
+    let table = open(&sink, "lake.s3");
+    table.prepare(trades_schema()).await.unwrap();
 
     let w1 = [trades(T0, 1, 2000, 60_000_000)];
-    let (u1, r1) = commit_window(&sink, &table, Watermark::MIN, &w1).await;
+    let (u1, r1) = commit_window(&table, Watermark::MIN, &w1).await;
     let w2 = [trades(T0 + 2 * DAY_MICROS, 2001, 1000, 1_000_000)];
-    let (u2, _) = commit_window(&sink, &table, u1, &w2).await;
-    assert_eq!(sink.committed(&table).await.unwrap().unwrap().until, u2);
-    assert!(sink.was_committed(&table, r1).await.unwrap());
+    let (u2, _) = commit_window(&table, u1, &w2).await;
+    assert_eq!(committed_until(&table).await, u2);
+    assert!(table.was_committed(r1).await.unwrap());
     let all: Vec<_> = w1.iter().chain(&w2).cloned().collect();
-    assert_eq!(figures(&read_back(&sink, &table).await), figures(&all));
-    let t = sink.load_table(&table).await.unwrap();
+    assert_eq!(figures(&read_back(&table).await), figures(&all));
+    let t = table.load().await.unwrap();
     assert!(t.metadata().location().starts_with(&format!("s3://{bucket}/")));
 
-    // A stale commit is fenced; aborting deletes its objects.
+    // A stale commit is fenced; discarding deletes its objects.
     let run = RunId::new();
-    let staged = stage(&sink, &table, run, &w2).await;
-    let err = sink
-        .commit(&table, &staged, &meta(u1, last_position(&w2[0]), run, "t"))
+    let staged = stage(&table, run, &w2).await;
+    let err = staged
+        .commit(&meta(u1, last_position(&w2[0]), run, "t"))
         .await
         .unwrap_err();
     assert!(
         matches!(err, offload_core::Error::CommitConflict { .. }),
         "{err:?}"
     );
-    let paths: Vec<String> = staged.files().to_vec();
+    let paths: Vec<String> = staged.stats().files.clone();
     for p in &paths {
         assert!(t.file_io().exists(p).await.unwrap(), "{p} staged");
     }
-    sink.abort(&table, staged).await.unwrap();
+    staged.discard().await.unwrap();
     for p in &paths {
         assert!(!t.file_io().exists(p).await.unwrap(), "{p} deleted");
     }
 
     // Listing object storage is not supported by cleanup: a typed error, not a silent 0.
-    let err = sink.cleanup(&table).await.unwrap_err();
+    let err = table.cleanup().await.unwrap_err();
     match err {
         offload_core::Error::Sink { source, .. } => assert!(matches!(
             source.downcast_ref::<IcebergSinkError>(),

@@ -15,8 +15,8 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::TryStreamExt;
-use offload_core::{CommitMetadata, RunId, Sink, Staged, TableConfig, Watermark, Window};
-use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig};
+use offload_core::{CommitMetadata, RunId, SinkTable, Staged, TableConfig, Watermark, Window};
+use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig, IcebergTable};
 use sqlx::Connection;
 use tempfile::TempDir;
 
@@ -91,9 +91,19 @@ impl Backend {
         IcebergSink::connect(self.config()).await.unwrap()
     }
 
+    /// A new, independent sink with `table` opened on it.
+    pub async fn table(&self, sink_table: &str) -> IcebergTable {
+        open(&self.sink().await, sink_table)
+    }
+
     pub fn warehouse(&self) -> PathBuf {
         self.dir.path().join("warehouse")
     }
+}
+
+/// Opens `sink_table` (see [`table_config`]) on `sink`.
+pub fn open(sink: &IcebergSink, sink_table: &str) -> IcebergTable {
+    sink.open_table(&table_config(sink_table)).unwrap()
 }
 
 impl Drop for Backend {
@@ -248,14 +258,9 @@ pub fn last_position(batch: &RecordBatch) -> Watermark {
     Watermark::new(ts, seq as u64)
 }
 
-pub async fn stage(
-    sink: &IcebergSink,
-    table: &TableConfig,
-    run_id: RunId,
-    batches: &[RecordBatch],
-) -> Staged {
+pub async fn stage(table: &IcebergTable, run_id: RunId, batches: &[RecordBatch]) -> Box<dyn Staged> {
     let schema = batches.first().map_or_else(trades_schema, |b| b.schema());
-    let mut w = sink.begin(table, run_id, schema).await.unwrap();
+    let mut w = table.begin(run_id, schema).await.unwrap();
     for b in batches {
         w.write(b.clone()).await.unwrap();
     }
@@ -273,23 +278,30 @@ pub fn meta(after: Watermark, until: Watermark, run_id: RunId, engine: &str) -> 
 
 /// Stages and commits `batches` as the window `(after, last row]`; returns its `until`.
 pub async fn commit_window(
-    sink: &IcebergSink,
-    table: &TableConfig,
+    table: &IcebergTable,
     after: Watermark,
     batches: &[RecordBatch],
 ) -> (Watermark, RunId) {
     let until = last_position(batches.last().unwrap());
     let run_id = RunId::new();
-    let staged = stage(sink, table, run_id, batches).await;
-    sink.commit(table, &staged, &meta(after, until, run_id, "test"))
-        .await
-        .unwrap();
+    let staged = stage(table, run_id, batches).await;
+    staged.commit(&meta(after, until, run_id, "test")).await.unwrap();
     (until, run_id)
 }
 
+/// The committed watermark (panics when there is none).
+pub async fn committed_until(table: &IcebergTable) -> Watermark {
+    table
+        .committed()
+        .await
+        .unwrap()
+        .expect("a committed window")
+        .until
+}
+
 /// Every row of the table as read back by iceberg-rust's own scan.
-pub async fn read_back(sink: &IcebergSink, table: &TableConfig) -> Vec<RecordBatch> {
-    let t = sink.load_table(table).await.unwrap();
+pub async fn read_back(table: &IcebergTable) -> Vec<RecordBatch> {
+    let t = table.load().await.unwrap();
     t.scan()
         .select_all()
         .build()
