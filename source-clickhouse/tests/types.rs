@@ -17,6 +17,9 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, Field, TimeUnit};
 use common::{TestDb, everything, open, read_all};
 use offload_core::{Source, SourceTable, TableConfig};
+use offload_source_clickhouse::columns::{self, ColumnKind};
+use offload_source_clickhouse::ident::TableRef;
+use offload_source_clickhouse::types::ChType;
 use offload_source_clickhouse::{ClickHouseError, SubMicrosecond, UInt64Mapping};
 
 /// A ClickHouse type for the test table: its DDL text, sample values (SQL
@@ -1117,4 +1120,51 @@ async fn stored_columns_by_default_alias_on_request() {
     let ephemeral = types_config("kinds").columns(["e"]).build().unwrap();
     let err = source.open(&ephemeral).await.unwrap_err();
     assert!(err.to_string().contains("EPHEMERAL"), "{err}");
+
+    // The public discovery sees the same columns, with their kinds and types,
+    // resolving an unqualified name in the client's database.
+    let found = columns::discover(source.client(), &TableRef::parse("kinds").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.database, db.name);
+    assert_eq!(found.quoted_table(), format!("`{}`.`kinds`", db.name));
+    let kinds: Vec<(&str, ColumnKind)> = found.columns.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ts", ColumnKind::Ordinary),
+            ("seq", ColumnKind::Ordinary),
+            ("v", ColumnKind::Ordinary),
+            ("m", ColumnKind::Materialized),
+            ("a", ColumnKind::Alias),
+            ("e", ColumnKind::Ephemeral),
+        ]
+    );
+    assert_eq!(
+        found.stored().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        names,
+        "the source reads the stored columns"
+    );
+    let ts = found.get("ts").unwrap();
+    assert_eq!(ts.type_name, "DateTime64(3, 'UTC')");
+    assert_eq!(
+        ts.data_type().unwrap(),
+        &ChType::DateTime64 {
+            precision: 3,
+            tz: Some("UTC".into())
+        }
+    );
+    // The opened handle carries the same discovery.
+    assert_eq!(open(&source, &all).await.columns(), &found);
+    // Qualified, through a client without a database.
+    let plain = clickhouse::Client::default().with_url(db.url());
+    let qualified = TableRef::parse(&format!("`{}`.kinds", db.name)).unwrap();
+    assert_eq!(columns::discover(&plain, &qualified).await.unwrap(), found);
+    let missing = columns::discover(&plain, &TableRef::parse("no_such_table").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, ClickHouseError::TableNotFound { .. }),
+        "{missing:?}"
+    );
 }

@@ -404,6 +404,15 @@ async fn selected_columns_in_config_order() {
         names,
         ["vendor_data", "price", "exchange_timestamp", "sequence_number"]
     );
+    // The public decoder is the one the read uses.
+    let decoder = handle.decoder();
+    assert_eq!(decoder.schema(), &schema);
+    assert_eq!(decoder.batch_size(), table.batch_size());
+    assert!(
+        handle
+            .window_sql(everything())
+            .starts_with(&format!("SELECT {} FROM", decoder.select_list()))
+    );
     let batches = read_all(&handle, everything()).await;
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
     assert!(batches.iter().all(|b| b.schema() == schema));
