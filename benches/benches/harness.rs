@@ -37,7 +37,7 @@ use offload_benches::data::{self, DATABASE};
 use offload_benches::ipc::IpcRowCounter;
 use offload_benches::memory::BatchSource;
 use offload_benches::procfs;
-use offload_core::{Offloader, Source, TableConfig, Watermark, Window};
+use offload_core::{Offloader, Source, SourceTable, TableConfig, Watermark, Window};
 use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig};
 use offload_source_clickhouse::{ArrowStreamDecoder, ClickHouseSource, Compression, UInt64Mapping};
 use offload_testkit::ClickHouseFront;
@@ -293,11 +293,9 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
     let table = table_config(table_name, args.batch_size)?;
     match system {
         System::Ceiling => {
-            let source = source(args, url)?;
-            let high = source.high_watermark(&table).await?.ok_or("empty table")?;
-            let sql = source
-                .window_sql(&table, Window::new(Watermark::MIN, high)?)
-                .await?;
+            let opened = source(args, url)?.open_table(&table).await?;
+            let high = opened.high_watermark().await?.ok_or("empty table")?;
+            let sql = opened.window_sql(Window::new(Watermark::MIN, high)?);
             let client = clickhouse::Client::default()
                 .with_url(url)
                 .with_database(DATABASE)
@@ -328,9 +326,9 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
         System::Source => {
             let source = source(args, url)?;
             let timer = Timer::start(args.front_pid);
-            source.schema(&table).await?;
-            let high = source.high_watermark(&table).await?.ok_or("empty table")?;
-            let mut batches = source.read(&table, Window::new(Watermark::MIN, high)?).await?;
+            let opened = source.open(&table).await?;
+            let high = opened.high_watermark().await?.ok_or("empty table")?;
+            let mut batches = opened.read(Window::new(Watermark::MIN, high)?).await?;
             let mut rows = 0;
             while let Some(batch) = batches.next().await {
                 rows += batch?.num_rows() as u64;
@@ -354,10 +352,10 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
         }
         System::Memory => {
             // Untimed: the window, decoded into memory.
-            let source = source(args, url)?;
-            let schema = source.schema(&table).await?;
-            let high = source.high_watermark(&table).await?.ok_or("empty table")?;
-            let mut stream = source.read(&table, Window::new(Watermark::MIN, high)?).await?;
+            let opened = source(args, url)?.open(&table).await?;
+            let schema = opened.schema();
+            let high = opened.high_watermark().await?.ok_or("empty table")?;
+            let mut stream = opened.read(Window::new(Watermark::MIN, high)?).await?;
             let mut batches = Vec::new();
             while let Some(batch) = stream.next().await {
                 batches.push(batch?);

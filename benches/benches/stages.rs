@@ -18,8 +18,8 @@
 //! | `decode` | `ArrowStreamDecoder::decode`: IPC decode + type mapping + re-cut into 65,536-row batches, from ClickHouse's default blocks and from blocks of the batch size |
 //! | `convert` | `ArrowStreamDecoder::convert` on the wire batches: the type mapping/casts alone |
 //! | `parquet` | arrow-rs `ArrowWriter`, zstd-3, into memory: the encoder alone, no Iceberg |
-//! | `stage` | the Iceberg sink's `begin` / `write` / `finish`: partition split + zstd-3 Parquet files in the table's layout, not committed |
-//! | `commit` | `Sink::commit` of one staged window (two day partitions, two files) on a SQLite catalog |
+//! | `stage` | the Iceberg table's `begin` / `write` / `finish`: partition split + zstd-3 Parquet files in the table's layout, not committed |
+//! | `commit` | `Staged::commit` of one staged window (two day partitions, two files) on a SQLite catalog |
 //! | `memory_to_iceberg` | `Offloader::run_once` from Arrow batches in memory to a committed Iceberg table (fresh table each time), with the sink's default one encoder task and with two |
 
 use std::path::Path;
@@ -33,7 +33,7 @@ use offload_benches::data::{self, DATABASE};
 use offload_benches::memory::BatchSource;
 use offload_core::memory::MemoryStore;
 use offload_core::{
-    CommitMetadata, Offloader, RunId, Sink, Source, SystemClock, TableConfig, Watermark, Window,
+    CommitMetadata, Offloader, RunId, Sink, SourceTable, SystemClock, TableConfig, Watermark, Window,
 };
 use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig};
 use offload_source_clickhouse::{ArrowStreamDecoder, ClickHouseSource, Compression, UInt64Mapping};
@@ -147,9 +147,10 @@ async fn shape(
         .sequence_column(seq)
         .build()
         .expect("table config");
-    let decoder = source.decoder(&table).await.expect("decoder");
-    let high = source
-        .high_watermark(&table)
+    let opened = source.open_table(&table).await.expect("open table");
+    let decoder = opened.decoder();
+    let high = opened
+        .high_watermark()
         .await
         .expect("high watermark")
         .expect("rows");
@@ -300,8 +301,9 @@ fn benches(c: &mut Criterion) {
     for s in &f.shapes {
         let sink = sink(&f, &format!("stage-{}", s.name));
         let schema = s.decoder.schema().clone();
+        let table = f.runtime.block_on(sink.open(&s.table)).expect("open");
         f.runtime
-            .block_on(sink.prepare(&s.table, schema.clone()))
+            .block_on(table.prepare(schema.clone()))
             .expect("prepare");
         g.throughput(s.throughput());
         g.bench_function(s.name, |b| {
@@ -310,16 +312,13 @@ fn benches(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let started = Instant::now();
-                        let mut writer = sink
-                            .begin(&s.table, RunId::new(), schema.clone())
-                            .await
-                            .expect("begin");
+                        let mut writer = table.begin(RunId::new(), schema.clone()).await.expect("begin");
                         for batch in &s.batches {
                             writer.write(batch.clone()).await.expect("write");
                         }
                         let staged = writer.finish().await.expect("finish");
                         total += started.elapsed();
-                        sink.abort(&s.table, staged).await.expect("delete staged files");
+                        staged.discard().await.expect("delete staged files");
                     }
                     total
                 })
@@ -366,12 +365,13 @@ fn benches(c: &mut Criterion) {
                     .build()
                     .expect("table");
                 f.runtime.block_on(async {
-                    sink.prepare(&table, schema.clone()).await.expect("prepare");
+                    let table = sink.open(&table).await.expect("open");
+                    table.prepare(schema.clone()).await.expect("prepare");
                     let mut total = Duration::ZERO;
                     let mut after = Watermark::MIN;
                     for i in 0..iters {
                         let run_id = RunId::new();
-                        let mut writer = sink.begin(&table, run_id, schema.clone()).await.expect("begin");
+                        let mut writer = table.begin(run_id, schema.clone()).await.expect("begin");
                         for batch in &small {
                             writer.write(batch.clone()).await.expect("write");
                         }
@@ -384,7 +384,7 @@ fn benches(c: &mut Criterion) {
                             fencing_token: 1,
                         };
                         let started = Instant::now();
-                        sink.commit(&table, &staged, &meta).await.expect("commit");
+                        staged.commit(&meta).await.expect("commit");
                         total += started.elapsed();
                         after = until;
                     }

@@ -8,7 +8,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use futures::StreamExt;
-use offload_core::{BatchStream, Error, Source, TableConfig, Watermark, Window};
+use offload_core::{BatchStream, Error, Source, SourceTable, TableConfig, Watermark, Window};
 
 /// Serves one fixed set of batches as a table whose newest position is
 /// `high`. Every window that contains all of them (from [`Watermark::MIN`]
@@ -52,16 +52,37 @@ impl BatchSource {
 
 #[async_trait]
 impl Source for BatchSource {
-    async fn schema(&self, _table: &TableConfig) -> Result<SchemaRef, Error> {
-        Ok(self.schema.clone())
+    async fn open(&self, table: &TableConfig) -> Result<Arc<dyn SourceTable>, Error> {
+        Ok(Arc::new(BatchTable {
+            config: table.clone(),
+            source: self.clone(),
+        }))
+    }
+}
+
+/// A [`BatchSource`] opened for one table: every table reads the same batches.
+#[derive(Debug)]
+struct BatchTable {
+    config: TableConfig,
+    source: BatchSource,
+}
+
+#[async_trait]
+impl SourceTable for BatchTable {
+    fn config(&self) -> &TableConfig {
+        &self.config
     }
 
-    async fn high_watermark(&self, _table: &TableConfig) -> Result<Option<Watermark>, Error> {
-        Ok(Some(self.high))
+    fn schema(&self) -> SchemaRef {
+        self.source.schema.clone()
     }
 
-    async fn read(&self, _table: &TableConfig, window: Window) -> Result<BatchStream, Error> {
-        if window.after() != Watermark::MIN || window.until() < self.high {
+    async fn high_watermark(&self) -> Result<Option<Watermark>, Error> {
+        Ok(Some(self.source.high))
+    }
+
+    async fn read(&self, window: Window) -> Result<BatchStream, Error> {
+        if window.after() != Watermark::MIN || window.until() < self.source.high {
             return Err(Error::source(
                 std::io::Error::other(format!(
                     "BatchSource serves only windows covering all its rows, not {window}"
@@ -69,7 +90,7 @@ impl Source for BatchSource {
                 false,
             ));
         }
-        let batches = self.batches.clone();
+        let batches = self.source.batches.clone();
         Ok(futures::stream::iter((0..batches.len()).map(move |i| Ok(batches[i].clone()))).boxed())
     }
 }
