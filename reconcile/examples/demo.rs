@@ -22,7 +22,7 @@ use offload_core::{
     CommitMetadata, Offloader, RunId, Sink, Source, SystemClock, TableConfig, Watermark, Window,
 };
 use offload_reconcile::{
-    BucketSize, ClickHouseLayer, IcebergLayer, KafkaLayer, Reconciler, TableSpec, TimeRange,
+    BucketSize, ClickHouseLayer, Format, IcebergLayer, KafkaLayer, Reconciler, TableSpec, TimeRange,
 };
 use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig};
 use offload_source_clickhouse::ClickHouseSource;
@@ -155,7 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = reconciler.run(&spec).await;
     if !json {
         println!("=== after the offload (Kafka messages 40, 100, 101 not yet in ClickHouse)\n");
-        println!("{}", before.render_table(true));
+        print!("{}", before.render(Format::Table { all_buckets: true }));
     }
 
     // Faults: seq 40 arrives in ClickHouse after the offload; a price changes
@@ -167,25 +167,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Watermark::new(BASE_US + 5 * MINUTE_US - 1, u64::MAX),
         Watermark::new(BASE_US + 5 * MINUTE_US + 2_000_000, u64::MAX),
     )?;
-    let batches: Vec<_> = source.read(&table, window).await?.try_collect().await?;
+    let source_table = source.open(&table).await?;
+    let sink_table = sink.open(&table).await?;
+    let batches: Vec<_> = source_table.read(window).await?.try_collect().await?;
     let run = RunId::new();
-    let mut writer = sink.begin(&table, run, source.schema(&table).await?).await?;
+    let mut writer = sink_table.begin(run, source_table.schema()).await?;
     for b in batches {
         writer.write(b).await?;
     }
     let staged = writer.finish().await?;
-    let w = sink.committed(&table).await?.expect("committed").until;
-    sink.commit(
-        &table,
-        &staged,
-        &CommitMetadata {
+    let w = sink_table.committed().await?.expect("committed").until;
+    staged
+        .commit(&CommitMetadata {
             window: Window::new(w, Watermark::new(w.timestamp_micros(), w.sequence() + 1))?,
             run_id: run,
             engine_id: "a buggy engine".into(),
             fencing_token: 0,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let mut late: Vec<Row> = (240..270u64)
         .map(|seq| Row {
             ts: BASE_US + 8 * MINUTE_US + (seq as i64 - 240) * 2_000_000,
@@ -199,10 +198,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let after = reconciler.run(&spec).await;
     if json {
-        println!("{}", after.to_json());
+        print!("{}", after.render(Format::Json));
     } else {
         println!("=== after planting faults\n");
-        println!("{}", after.render_table(true));
+        print!("{}", after.render(Format::Table { all_buckets: true }));
         println!("exit status for alerts/CI: {}", after.exit_code());
     }
     Ok(())

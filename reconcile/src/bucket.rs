@@ -266,14 +266,16 @@ impl fmt::Display for TimeRange {
     }
 }
 
-/// Parses an RFC 3339 UTC instant (`2024-05-01T12:00:00Z`, optional fraction
-/// up to microseconds, `Z` or a numeric offset), a date (`2024-05-01`, UTC
-/// midnight), or plain integer microseconds since the epoch, into µs.
+/// Parses an RFC 3339 instant (`2024-05-01T12:00:00Z`, optional fraction,
+/// `Z` or a numeric offset), a date (`2024-05-01`, UTC midnight), or plain
+/// integer microseconds since the epoch, into µs. The calendar is
+/// [`jiff`]'s; digits finer than a microsecond are floored (towards the past).
 ///
 /// ```
 /// use offload_reconcile::parse_instant;
 /// assert_eq!(parse_instant("1970-01-01T00:00:01Z").unwrap(), 1_000_000);
 /// assert_eq!(parse_instant("1969-12-31T23:59:59.999999Z").unwrap(), -1);
+/// assert_eq!(parse_instant("1969-12-31T23:59:59.9999999Z").unwrap(), -1);
 /// assert_eq!(parse_instant("1970-01-02").unwrap(), 86_400_000_000);
 /// assert_eq!(parse_instant("1970-01-01T01:00:00+01:00").unwrap(), 0);
 /// assert_eq!(parse_instant("-5").unwrap(), -5);
@@ -281,93 +283,67 @@ impl fmt::Display for TimeRange {
 /// ```
 pub fn parse_instant(text: &str) -> Result<i64, Error> {
     let s = text.trim();
-    let bad = || Error::InvalidConfig {
+    let bad = |why: String| Error::InvalidConfig {
         field: "time",
         reason: format!(
-            "{:?} is not an RFC 3339 instant, a YYYY-MM-DD date or integer microseconds",
+            "{:?} is not an RFC 3339 instant, a YYYY-MM-DD date or integer microseconds: {why}",
             s.chars().take(64).collect::<String>()
         ),
     };
     if let Ok(us) = s.parse::<i64>() {
         return Ok(us);
     }
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Result<i64, Error> {
-        let part = s.get(from..from + len).ok_or_else(bad)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(bad());
-        }
-        part.parse::<i64>().map_err(|_| bad())
+    let nanos = if s.len() == 10 {
+        let date: jiff::civil::Date = s.parse().map_err(|e: jiff::Error| bad(e.to_string()))?;
+        date.to_zoned(jiff::tz::TimeZone::UTC)
+            .map_err(|e| bad(e.to_string()))?
+            .timestamp()
+            .as_nanosecond()
+    } else {
+        s.parse::<jiff::Timestamp>()
+            .map_err(|e| bad(e.to_string()))?
+            .as_nanosecond()
     };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return Err(bad());
-    }
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
-        return Err(bad());
-    }
-    let mut micros = days_from_civil(year, month, day) * 86_400 * SECOND;
-    if b.len() == 10 {
-        return Ok(micros);
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') || b.len() < 19 || b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    let (h, m, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if h > 23 || m > 59 || sec > 59 {
-        return Err(bad());
-    }
-    micros += (h * 3_600 + m * 60 + sec) * SECOND;
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 || digits > 9 {
-            return Err(bad());
-        }
-        let frac = &s[i + 1..i + 1 + digits];
-        // Keep microseconds; finer digits are dropped (floor for positive instants).
-        let us: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
-        micros += us.parse::<i64>().map_err(|_| bad())?;
-        i += 1 + digits;
-    }
-    match &s[i..] {
-        "Z" | "z" => Ok(micros),
-        off if off.len() == 6 && matches!(off.as_bytes()[0], b'+' | b'-') && off.as_bytes()[3] == b':' => {
-            let oh = num(i + 1, 2)?;
-            let om = num(i + 4, 2)?;
-            let offset = (oh * 3_600 + om * 60) * SECOND;
-            Ok(if off.starts_with('+') {
-                micros - offset
-            } else {
-                micros + offset
-            })
-        }
-        _ => Err(bad()),
-    }
+    i64::try_from(nanos.div_euclid(1_000)).map_err(|e| bad(e.to_string()))
 }
 
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+/// Parses a time given relative to `now_micros`: `now`, `now-<duration>`
+/// (`now-2h`, `now-1d`, `now-90m`, `now-1h30m`: [`jiff`]'s friendly or ISO 8601
+/// duration, days as 24 hours), or anything [`parse_instant`] reads.
+///
+/// ```
+/// use offload_reconcile::parse_time;
+/// let now = 10 * 86_400_000_000;
+/// assert_eq!(parse_time("now", now).unwrap(), now);
+/// assert_eq!(parse_time("now-2h", now).unwrap(), now - 7_200_000_000);
+/// assert_eq!(parse_time("now-1d", now).unwrap(), 9 * 86_400_000_000);
+/// assert_eq!(parse_time("1970-01-02", now).unwrap(), 86_400_000_000);
+/// assert!(parse_time("now-2mo", now).is_err()); // months have no fixed length
+/// assert!(parse_time("now-", now).is_err());
+/// ```
+pub fn parse_time(text: &str, now_micros: i64) -> Result<i64, Error> {
+    let s = text.trim();
+    if s == "now" {
+        return Ok(now_micros);
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let Some(rest) = s.strip_prefix("now-") else {
+        return parse_instant(s);
+    };
+    let bad = |why: String| Error::InvalidConfig {
+        field: "time",
+        reason: format!("{s:?}: expected now-<duration> (e.g. now-2h, now-1d): {why}"),
+    };
+    let span: jiff::Span = rest.trim().parse().map_err(|e: jiff::Error| bad(e.to_string()))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| bad(e.to_string()))?;
+    if d.is_negative() {
+        return Err(bad("negative duration".into()));
+    }
+    i64::try_from(d.as_micros())
+        .ok()
+        .and_then(|d| now_micros.checked_sub(d))
+        .ok_or_else(|| bad("out of range".into()))
 }
 
 #[cfg(test)]
@@ -439,5 +415,21 @@ mod tests {
             parse_instant("2024-02-29T00:00:00.5Z").unwrap(),
             1_709_164_800_500_000
         );
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = 10 * 86_400_000_000;
+        assert_eq!(parse_time("now", now).unwrap(), now);
+        assert_eq!(parse_time(" now-2h ", now).unwrap(), now - 7_200_000_000);
+        assert_eq!(parse_time("now-30s", now).unwrap(), now - 30_000_000);
+        assert_eq!(parse_time("now-5m", now).unwrap(), now - 300_000_000);
+        assert_eq!(parse_time("now-1d", now).unwrap(), 9 * 86_400_000_000);
+        assert_eq!(parse_time("now-1w", now).unwrap(), 3 * 86_400_000_000);
+        for bad in ["now-", "now-2x", "now-1y", "now+1h", "now-soon"] {
+            assert!(parse_time(bad, now).is_err(), "{bad}");
+        }
+        assert_eq!(parse_time("1970-01-02", now).unwrap(), 86_400_000_000);
+        assert_eq!(parse_time("-7", now).unwrap(), -7);
     }
 }

@@ -27,6 +27,17 @@ pub enum Error {
         source: Box<clickhouse::error::Error>,
     },
 
+    /// Listing a ClickHouse table's columns failed (the table does not exist,
+    /// or the request failed), as the ClickHouse source reports it.
+    #[error("ClickHouse: columns of {table}: {source}")]
+    Columns {
+        /// The table as given.
+        table: String,
+        /// The source's error.
+        #[source]
+        source: Box<offload_source_clickhouse::ClickHouseError>,
+    },
+
     /// An Iceberg catalog, metadata or data read failed.
     #[error("Iceberg: {context}: {source}")]
     Iceberg {
@@ -125,6 +136,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The process exit status when a reconciliation cannot even start (bad
+    /// configuration, unreachable catalog): 2, as for the `error` verdict.
+    ///
+    /// ```
+    /// let e = offload_reconcile::parse_instant("yesterday").unwrap_err();
+    /// assert_eq!(e.exit_code(), 2);
+    /// ```
+    pub fn exit_code(&self) -> i32 {
+        crate::Verdict::Error.exit_code()
+    }
+
     pub(crate) fn clickhouse(context: impl Into<String>) -> impl FnOnce(clickhouse::error::Error) -> Error {
         let context = context.into();
         move |source| Error::ClickHouse {

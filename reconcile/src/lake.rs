@@ -25,15 +25,19 @@ use crate::fingerprint::{ContentKind, RowHasher, key_hash};
 use crate::report::{ExactSum, Figures};
 use crate::{Bucket, Error, TimeRange};
 
+use offload_sink_iceberg::{DEFAULT_NAMESPACE, TableName};
 /// The metadata keys `offload-sink-iceberg` records the committed watermark
 /// under: the `until` of the nearest snapshot of ours on main's ancestry
 /// ([`SUMMARY_WINDOW_UNTIL`]), else the table property ([`PROPERTY_WATERMARK`]).
 pub use offload_sink_iceberg::{PROPERTY_WATERMARK, SUMMARY_WINDOW_UNTIL};
 
-/// Iceberg as a reconciliation layer: a catalog to load tables from.
+/// Iceberg as a reconciliation layer: a catalog to load tables from, and the
+/// namespace of table names given without one.
 ///
 /// ```no_run
 /// # async fn f(catalog: std::sync::Arc<dyn iceberg::Catalog>) {
+/// // Bare names resolve in offload_sink_iceberg::DEFAULT_NAMESPACE ("offload"),
+/// // where the sink puts them.
 /// let layer = offload_reconcile::IcebergLayer::new(catalog);
 /// # let _ = layer;
 /// # }
@@ -41,6 +45,7 @@ pub use offload_sink_iceberg::{PROPERTY_WATERMARK, SUMMARY_WINDOW_UNTIL};
 #[derive(Clone, Debug)]
 pub struct IcebergLayer {
     catalog: Arc<dyn Catalog>,
+    default_namespace: String,
 }
 
 /// What to compute for a table on the Iceberg side.
@@ -55,31 +60,60 @@ pub(crate) struct IcePlan {
 }
 
 impl IcebergLayer {
-    /// Wraps a catalog (SQL, REST, memory, ...).
+    /// Wraps a catalog (SQL, REST, memory, ...); table names without a namespace
+    /// resolve in [`DEFAULT_NAMESPACE`] (`offload`), as the sink's do by default.
     pub fn new(catalog: Arc<dyn Catalog>) -> Self {
-        Self { catalog }
+        Self {
+            catalog,
+            default_namespace: DEFAULT_NAMESPACE.to_owned(),
+        }
     }
 
-    /// Loads a table by `namespace.table` (the last dot separates the name).
-    pub(crate) async fn load(&self, name: &str) -> Result<Table, Error> {
-        let ident = parse_ident(name)?;
+    /// Table names without a namespace resolve in `namespace` (set it to the
+    /// sink's `default_namespace` when that is not the default).
+    pub fn with_default_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.default_namespace = namespace.into();
+        self
+    }
+
+    /// The namespace of table names given without one.
+    pub fn default_namespace(&self) -> &str {
+        &self.default_namespace
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
+    }
+
+    /// The identifier of `name` (`table`, `namespace.table` or
+    /// `ns1.ns2.table`), parsed by the sink's own rules ([`TableName`]).
+    ///
+    /// ```no_run
+    /// # fn f(catalog: std::sync::Arc<dyn iceberg::Catalog>) {
+    /// let layer = offload_reconcile::IcebergLayer::new(catalog);
+    /// assert_eq!(layer.ident("trades").unwrap().to_string(), "offload.trades");
+    /// # }
+    /// ```
+    pub fn ident(&self, name: &str) -> Result<TableIdent, Error> {
+        ident_in(name, &self.default_namespace)
+    }
+
+    /// Loads a table.
+    pub(crate) async fn load(&self, ident: &TableIdent) -> Result<Table, Error> {
         self.catalog
-            .load_table(&ident)
+            .load_table(ident)
             .await
-            .map_err(Error::iceberg(format!("load table {name}")))
+            .map_err(Error::iceberg(format!("load table {ident}")))
     }
 }
 
-/// `ns.table` or `ns1.ns2.table` into a [`TableIdent`].
-pub(crate) fn parse_ident(name: &str) -> Result<TableIdent, Error> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::InvalidConfig {
-            field: "iceberg table",
-            reason: format!("{name:?} is not `namespace.table`"),
-        });
-    }
-    TableIdent::from_strs(parts).map_err(Error::iceberg(format!("table name {name}")))
+/// `name` as the sink resolves it, with `default_namespace` for a bare name.
+fn ident_in(name: &str, default_namespace: &str) -> Result<TableIdent, Error> {
+    TableName::parse(name, default_namespace).map_err(|e| Error::InvalidConfig {
+        field: "iceberg table",
+        reason: e.to_string(),
+    })
 }
 
 /// The column names of the table's current schema.
@@ -623,9 +657,14 @@ mod tests {
     }
 
     #[test]
-    fn idents_need_a_namespace() {
-        assert!(parse_ident("t").is_err());
-        assert!(parse_ident("ns.").is_err());
-        assert_eq!(parse_ident("a.b.c").unwrap().name(), "c");
+    fn idents_resolve_like_the_sinks() {
+        // What `offload` writes for a bare name is where reconcile looks.
+        assert_eq!(ident_in("t", DEFAULT_NAMESPACE).unwrap().to_string(), "offload.t");
+        assert_eq!(DEFAULT_NAMESPACE, "offload");
+        assert_eq!(ident_in("t", "lake").unwrap().to_string(), "lake.t");
+        assert_eq!(ident_in("a.b", "lake").unwrap().to_string(), "a.b");
+        assert_eq!(ident_in("a.b.c", "lake").unwrap().name(), "c");
+        assert!(ident_in("ns.", "lake").is_err());
+        assert!(ident_in("", "lake").is_err());
     }
 }

@@ -12,7 +12,7 @@ mod reconciler;
 pub mod report;
 pub mod verdict;
 
-pub use bucket::{Bucket, BucketSize, MAX_BUCKETS, TimeRange, parse_instant};
+pub use bucket::{Bucket, BucketSize, MAX_BUCKETS, TimeRange, parse_instant, parse_time};
 pub use ch::ClickHouseLayer;
 pub use error::Error;
 pub use fingerprint::ContentKind;
@@ -21,7 +21,7 @@ pub use kafka::{KafkaCountMethod, KafkaLayer};
 pub use lake::{IcebergLayer, PROPERTY_WATERMARK, SUMMARY_WINDOW_UNTIL};
 pub use reconciler::{CommittedSource, Depth, KafkaColumns, Reconciler, RowHash, RowHashes, TableSpec};
 pub use report::{
-    BucketReport, ColumnInfo, ExactSum, Figures, Finding, KafkaFigures, KeyDiff, KeyDiffKind, Layer,
+    BucketReport, ColumnInfo, ExactSum, Figures, Finding, Format, KafkaFigures, KeyDiff, KeyDiffKind, Layer,
     OffsetRange, PartitionSpan, Report, TableReport, Totals,
 };
 pub use verdict::{BucketInput, Thresholds, Verdict, judge};

@@ -341,3 +341,34 @@ async fn a_million_rows_reconcile_quickly() {
     assert_eq!(report.verdict, Verdict::Ok);
     assert_eq!(report.tables[0].totals.iceberg, Some(990_000));
 }
+
+/// `offload` puts a table named without a namespace in
+/// `offload_sink_iceberg::DEFAULT_NAMESPACE` (`offload`); reconciling with the
+/// defaults must look there. (The reconcile CLI looked in `default.<name>`, so
+/// by default it did not find what `offload` wrote.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_what_offload_wrote_with_the_defaults() {
+    let ch = ClickHouseFront::start();
+    ch.query(&trades_ddl("trades"));
+    insert(&ch, "trades", &trades());
+    let lake = Lake::with_defaults().await;
+    let table = table_config("trades");
+    offload(&ch, &lake, &table).await;
+    let written = iceberg::TableIdent::from_strs(["offload", "trades"]).unwrap();
+    assert!(
+        lake.sink.catalog().table_exists(&written).await.unwrap(),
+        "the sink writes bare names into `offload`"
+    );
+
+    let range = TimeRange::new(minute(0), minute(7), BucketSize::Minute).unwrap();
+    let report = Reconciler::new(clickhouse(&ch), range)
+        .with_iceberg(offload_reconcile::IcebergLayer::new(lake.sink.catalog().clone()))
+        .run(&[TableSpec::from_table_config(&table).sum_columns(["price"])])
+        .await;
+    println!("{}", report.render_table(true));
+    let t = &report.tables[0];
+    assert_eq!(t.error, None);
+    assert_eq!(t.iceberg_table.as_deref(), Some("offload.trades"));
+    assert_eq!((t.totals.clickhouse, t.totals.iceberg), (Some(350), Some(350)));
+    assert_eq!(report.verdict, Verdict::Ok);
+}

@@ -10,7 +10,7 @@
 #   is not there yet (about 35 min on 2 cores, once; never rebuilt per run);
 # - starts it on a free loopback port with a fresh SQLite storage file (its
 #   memory:// engine reports wrong high watermarks on ListOffsets);
-# - runs `cargo test -p offload-reconcile --test kafka` with KAFKA_BOOTSTRAP set;
+# - runs `cargo test -p offload-reconcile --features kafka --test kafka` with KAFKA_BOOTSTRAP set;
 # - stops the broker and removes its files, also on failure or Ctrl-C.
 # Extra arguments are passed to the test binary (e.g. a test name filter).
 set -euo pipefail
@@ -67,7 +67,7 @@ export KAFKA_BOOTSTRAP="127.0.0.1:$port"
 log "KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP"
 cd "$repo"
 status=0
-cargo test -p offload-reconcile --test kafka -- --include-ignored "$@" || status=$?
+cargo test -p offload-reconcile --features kafka --test kafka -- --include-ignored "$@" || status=$?
 if [[ $status -ne 0 ]]; then
     log "tests failed; the broker's log:"; tail -n 50 "$work/tansu.log" >&2 || true
 fi

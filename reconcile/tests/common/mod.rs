@@ -13,7 +13,7 @@ use offload_core::{
     CommitMetadata, Offloader, RunId, Sink, Source, SystemClock, TableConfig, Watermark, Window,
 };
 use offload_reconcile::{Bucket, ClickHouseLayer, IcebergLayer};
-use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig};
+use offload_sink_iceberg::{CatalogConfig, DEFAULT_NAMESPACE, IcebergSink, IcebergSinkConfig};
 use offload_source_clickhouse::ClickHouseSource;
 use offload_testkit::ClickHouseFront;
 use tempfile::TempDir;
@@ -101,25 +101,44 @@ pub fn insert(ch: &ClickHouseFront, table: &str, rows: &[Trade]) {
 pub struct Lake {
     pub dir: TempDir,
     pub sink: Arc<IcebergSink>,
+    /// The sink's namespace for bare table names.
+    pub namespace: String,
 }
 
 impl Lake {
+    /// A sink that puts bare table names in `lake`.
     pub async fn new() -> Lake {
+        Lake::build(Some("lake")).await
+    }
+
+    /// A sink with the default configuration: bare names in
+    /// `offload_sink_iceberg::DEFAULT_NAMESPACE`, as the `offload` program does.
+    pub async fn with_defaults() -> Lake {
+        Lake::build(None).await
+    }
+
+    async fn build(namespace: Option<&str>) -> Lake {
         let dir = tempfile::tempdir().expect("temp dir");
         let wh = dir.path().join("warehouse");
         std::fs::create_dir_all(&wh).unwrap();
         let cfg = CatalogConfig::sqlite(dir.path().join("catalog.db"), wh.to_str().unwrap());
-        let sink = IcebergSink::connect(IcebergSinkConfig::new(cfg).default_namespace("lake"))
+        let mut config = IcebergSinkConfig::new(cfg);
+        if let Some(ns) = namespace {
+            config = config.default_namespace(ns);
+        }
+        let sink = IcebergSink::connect(config)
             .await
             .expect("connect the Iceberg sink");
         Lake {
             dir,
             sink: Arc::new(sink),
+            namespace: namespace.unwrap_or(DEFAULT_NAMESPACE).to_owned(),
         }
     }
 
+    /// The reconciliation layer on the sink's catalog, with the sink's namespace.
     pub fn layer(&self) -> IcebergLayer {
-        IcebergLayer::new(self.sink.catalog().clone())
+        IcebergLayer::new(self.sink.catalog().clone()).with_default_namespace(self.namespace.clone())
     }
 }
 
@@ -154,12 +173,13 @@ pub async fn offload(ch: &ClickHouseFront, lake: &Lake, table: &TableConfig) -> 
         .unwrap();
     let summary = engine.run_once(table).await.expect("offload run");
     assert!(summary.rows > 0, "offload moved nothing: {summary:?}");
-    lake.sink
-        .committed(table)
-        .await
-        .unwrap()
-        .expect("a committed window")
-        .until
+    committed(lake, table).await.expect("a committed window")
+}
+
+/// The sink's committed watermark of `table`, read through its handle.
+pub async fn committed(lake: &Lake, table: &TableConfig) -> Option<Watermark> {
+    let handle = lake.sink.open(table).await.expect("open the sink table");
+    handle.committed().await.unwrap().map(|c| c.until)
 }
 
 /// The bug exactly-once exists to prevent: rows of `bucket` committed a
@@ -173,22 +193,16 @@ pub async fn commit_again(
     bucket: Bucket,
     max_rows: usize,
 ) -> usize {
-    let src = source(ch);
-    let schema = src.schema(table).await.unwrap();
+    let src = source(ch).open(table).await.expect("open the source table");
     let window = Window::new(
         Watermark::new(bucket.start - 1, u64::MAX),
         Watermark::new(bucket.end - 1, u64::MAX),
     )
     .unwrap();
-    let batches: Vec<_> = src
-        .read(table, window)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<_> = src.read(window).await.unwrap().try_collect().await.unwrap();
     let run = RunId::new();
-    let mut writer = lake.sink.begin(table, run, schema).await.unwrap();
+    let sink = lake.sink.open(table).await.expect("open the sink table");
+    let mut writer = sink.begin(run, src.schema()).await.unwrap();
     let mut n = 0;
     for b in batches {
         let take = b.num_rows().min(max_rows - n);
@@ -199,7 +213,7 @@ pub async fn commit_again(
         n += take;
     }
     let staged = writer.finish().await.unwrap();
-    let w = lake.sink.committed(table).await.unwrap().unwrap().until;
+    let w = sink.committed().await.unwrap().unwrap().until;
     let next = Watermark::new(w.timestamp_micros(), w.sequence() + 1);
     let meta = CommitMetadata {
         window: Window::new(w, next).unwrap(),
@@ -207,6 +221,6 @@ pub async fn commit_again(
         engine_id: "buggy-engine".into(),
         fencing_token: 1,
     };
-    lake.sink.commit(table, &staged, &meta).await.unwrap();
+    staged.commit(&meta).await.unwrap();
     n
 }

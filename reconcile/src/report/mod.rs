@@ -1,0 +1,10 @@
+//! The typed report ([`model`]: per-layer figures, findings, bucket, table and
+//! overall verdicts), rendered as a human table or JSON ([`render`]), exported
+//! as `metrics` gauges ([`metrics`]).
+
+mod metrics;
+mod model;
+mod render;
+
+pub use model::*;
+pub use render::Format;
