@@ -252,7 +252,7 @@ impl TableSpec {
         self
     }
 
-    /// Compares with this Kafka topic (needs a [`KafkaLayer`](crate::KafkaLayer)).
+    /// Compares with this Kafka topic (needs a `KafkaLayer`, feature `kafka`).
     pub fn kafka_topic(mut self, topic: impl Into<String>) -> Self {
         self.kafka_topic = Some(topic.into());
         self

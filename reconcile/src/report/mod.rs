@@ -1,6 +1,7 @@
-//! The typed report ([`model`]: per-layer figures, findings, bucket, table and
-//! overall verdicts), rendered as a human table or JSON ([`render`]), exported
-//! as `metrics` gauges ([`metrics`]).
+//! The typed report (`model`: per-layer figures, findings, bucket, table and
+//! overall verdicts), rendered as a human table or JSON (`render`:
+//! [`Report::render`]), exported as `metrics` gauges (`metrics`:
+//! [`Report::record_metrics`]).
 
 mod metrics;
 mod model;
