@@ -57,8 +57,8 @@ pub struct CommittedWindow {
 ///
 /// ```
 /// use offload_core::{RunId, StagedStats};
-/// let s = StagedStats { run_id: RunId::new(), rows: 10, bytes: 1024, files: vec!["f1.parquet".into()] };
-/// assert_eq!(s.rows, 10);
+/// let s = StagedStats::new(RunId::new(), 10, 1024, vec!["f1.parquet".into()]);
+/// assert_eq!((s.rows, s.files.len()), (10, 1));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -2,7 +2,8 @@
 //! crate that talks to a database through sqlx: the PostgreSQL watermark store
 //! and the SQL Iceberg catalog (SQLite or PostgreSQL).
 
-/// Whether `e` is transient: lost or refused connections, pool exhaustion,
+/// Whether `e` is transient: lost or refused connections, pool exhaustion
+/// (not a pool closed on purpose: it never reopens),
 /// timeouts, SQLite's busy/locked codes and PostgreSQL's transient SQLSTATEs
 /// are; authentication, missing objects, constraint violations and decode
 /// errors are not.
@@ -16,7 +17,6 @@ pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
@@ -38,7 +38,10 @@ pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
 /// assert!(!sqlstate_retryable("28P01"));
 /// ```
 pub fn sqlstate_retryable(code: &str) -> bool {
-    let sqlite_busy = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+    // SQLSTATEs are always five characters, some all digits ("22021"); SQLite's
+    // (extended) result codes have at most four digits. Only the latter are
+    // read as numbers, or "22021" (0x5605) would pass for SQLITE_BUSY.
+    let sqlite_busy = code.len() < 5 && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
     sqlite_busy
         || code.starts_with("08") // connection_exception
         || code.starts_with("53") // insufficient_resources (too many connections, disk full)
@@ -66,7 +69,7 @@ mod tests {
             assert!(sqlstate_retryable(code), "{code}");
         }
         for code in [
-            "28P01", "28000", "3D000", "42P01", "23505", "22021", "XX000", "19", "2067",
+            "28P01", "28000", "3D000", "42P01", "23505", "22021", "22005", "XX000", "19", "2067",
         ] {
             assert!(!sqlstate_retryable(code), "{code}");
         }
