@@ -11,7 +11,7 @@ use crate::KafkaLayer;
 use crate::lake;
 use crate::report::{Report, TableReport};
 use crate::{ClickHouseLayer, Error, IcebergLayer, Thresholds, TimeRange};
-use plan::{Resolved, info};
+use plan::info;
 
 mod diff;
 mod plan;
@@ -154,38 +154,24 @@ impl Reconciler {
     /// Reconciles one table.
     pub async fn table(&self, spec: &TableSpec) -> Result<TableReport, Error> {
         let started = Instant::now();
-        let Resolved {
-            ch_plan,
-            ice_plan,
-            iceberg,
-            content,
-            sums,
-            skipped,
-            kafka_columns,
-        } = self.resolve(spec).await?;
-        let committed = iceberg.as_ref().map(|(_, _, w)| *w);
-        let gathered = self
-            .gather(spec, &ch_plan, &ice_plan, iceberg.as_ref().map(|(_, t, _)| t))
-            .await?;
-        let mut report = self.assemble(spec, &gathered, committed, kafka_columns.is_some())?;
-        report.iceberg_table = iceberg.as_ref().map(|(n, _, _)| n.clone());
+        let r = self.resolve(spec).await?;
+        let table = r.iceberg.as_ref().map(|(_, t, _)| t);
+        let committed = r.iceberg.as_ref().map(|(_, _, w)| *w);
+        let gathered = self.gather(spec, &r.ch_plan, &r.ice_plan, table).await?;
+        let mut report = self.assemble(spec, &gathered, committed, r.kafka_columns.is_some())?;
+        report.iceberg_table = r.iceberg.as_ref().map(|(n, _, _)| n.clone());
         report.committed_watermark = committed.flatten().map(|w| w.to_string());
         report.iceberg_counts_from = gathered.ice_from.map(str::to_owned);
-        report.content_columns = info(&content);
-        report.sum_columns = info(&sums);
-        report.skipped_columns = skipped;
+        report.content_columns = info(&r.content);
+        report.sum_columns = info(&r.sums);
+        report.skipped_columns = r.skipped;
 
         // Details for the buckets that need them.
-        self.list_keys(
-            &mut report,
-            &ch_plan,
-            &ice_plan,
-            iceberg.as_ref().map(|(_, t, _)| t),
-        )
-        .await?;
+        self.list_keys(&mut report, &r.ch_plan, &r.ice_plan, table)
+            .await?;
         #[cfg(feature = "kafka")]
-        if let (Some(k), Some(_)) = (&gathered.kafka, &kafka_columns) {
-            self.list_offsets(&mut report, &ch_plan, k).await?;
+        if let (Some(k), Some(_)) = (&gathered.kafka, &r.kafka_columns) {
+            self.list_offsets(&mut report, &r.ch_plan, k).await?;
         }
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)
