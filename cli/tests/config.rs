@@ -124,9 +124,26 @@ fn secrets_come_from_the_environment_only_and_never_print() {
         assert!(shown.contains(key), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }
-    // An inline `password` key does not exist.
-    let err = Config::parse(&GOOD.replace("password_env = ", "password = ")).unwrap_err();
-    assert!(err.to_string().contains("clickhouse"), "{err}");
+    // An inline `password` key does not exist, and the error does not quote it.
+    let text = GOOD.replace(
+        "password_env = \"OFFLOAD_TEST_CH_PASSWORD\"",
+        "password = \"hunter2\"",
+    );
+    let err = Config::parse(&text).unwrap_err();
+    assert!(err.to_string().contains("clickhouse.password"), "{err}");
+    assert!(err.to_string().contains("(line 6, column 1)"), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    // Secret-looking pass-through properties are refused too.
+    let text = GOOD.replace(
+        "[store]",
+        "[reconcile.kafka]\nbrokers = \"k:9092\"\nproperties = { \"sasl.password\" = \"hunter2\" }\n[store]",
+    );
+    let err = Config::parse(&text).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("reconcile.kafka.properties.sasl.password"),
+        "{err}"
+    );
     // Resolved secrets print as ***.
     let secret = offload_cli::config::EnvVar("OFFLOAD_TEST_SECRET_VALUE".into());
     // SAFETY: this test binary's only writer of this variable.

@@ -78,6 +78,21 @@ pub enum ConfigError {
     },
 }
 
+/// The parser's message with its line and column, without the quoted source
+/// line toml would print: that line may hold a secret someone put inline.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message.to_owned(),
+    }
+}
+
 fn key_prefix(key: &str) -> String {
     if key.is_empty() || key == "." {
         String::new()
@@ -145,11 +160,11 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
             key: String::new(),
-            message: e.to_string(),
+            message: parse_message(text, &e),
         })?;
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
             key: e.path().to_string(),
-            message: e.into_inner().to_string(),
+            message: parse_message(text, e.inner()),
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -232,6 +247,13 @@ impl Config {
         if let StoreSection::Postgres { url, url_env, .. } = &self.store {
             one_url("store", url, url_env)?;
         }
+        if let Some(k) = &self.reconcile.kafka {
+            refuse_secret_keys(
+                "reconcile.kafka.properties",
+                k.properties.keys(),
+                "properties_env",
+            )?;
+        }
         let mut names = HashSet::new();
         for (i, t) in self.tables.iter().enumerate() {
             if !names.insert(&t.name) {
@@ -255,8 +277,23 @@ impl Config {
             return Err(bad("iceberg.namespace", "must not be empty"));
         }
         match &ice.catalog {
-            CatalogSection::Postgres { url, url_env, .. } => one_url("iceberg.catalog", url, url_env)?,
-            CatalogSection::Rest { uri, .. } => value::refuse_inline_password("iceberg.catalog.uri", uri)?,
+            CatalogSection::Postgres {
+                url,
+                url_env,
+                properties,
+                ..
+            } => {
+                one_url("iceberg.catalog", url, url_env)?;
+                refuse_secret_keys("iceberg.catalog.properties", properties.keys(), "password_env")?;
+            }
+            CatalogSection::Rest { uri, properties, .. } => {
+                value::refuse_inline_password("iceberg.catalog.uri", uri)?;
+                refuse_secret_keys(
+                    "iceberg.catalog.properties",
+                    properties.keys(),
+                    "credential_env or token_env",
+                )?;
+            }
             CatalogSection::Sqlite { .. } => {}
         }
         let s3_warehouse = ice.warehouse.starts_with("s3://") || ice.warehouse.starts_with("s3a://");
@@ -285,6 +322,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses property keys that name a secret: those values come from the environment.
+fn refuse_secret_keys<'a>(
+    key: &str,
+    keys: impl IntoIterator<Item = &'a String>,
+    instead: &str,
+) -> Result<(), ConfigError> {
+    for k in keys {
+        let lower = k.to_ascii_lowercase();
+        if ["password", "secret", "token", "credential"]
+            .iter()
+            .any(|s| lower.contains(s))
+        {
+            return Err(ConfigError::invalid(
+                &format!("{key}.{k}"),
+                format!("holds a secret: secrets come from the environment only (use {instead})"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Exactly one of `url` / `url_env`, and no password inline.
