@@ -76,7 +76,7 @@ pub enum Error {
     },
 
     /// A commit was sent but its outcome is unknown (timeout, connection lost).
-    /// The engine resolves it with [`Sink::was_committed`](crate::Sink::was_committed)
+    /// The engine resolves it with [`SinkTable::was_committed`](crate::SinkTable::was_committed)
     /// before anything else happens.
     #[error("outcome of commit for run {run_id} is unknown: {source}")]
     CommitOutcomeUnknown {

@@ -26,7 +26,7 @@ use crate::{Error, RunId, TableConfig, Watermark, Window};
 pub struct CommitMetadata {
     /// The window whose rows the commit adds; `window.until()` becomes the committed watermark.
     pub window: Window,
-    /// The run, so an unknown outcome can be resolved with [`Sink::was_committed`].
+    /// The run, so an unknown outcome can be resolved with [`SinkTable::was_committed`](crate::SinkTable::was_committed).
     pub run_id: RunId,
     /// The engine that ran it, for operators.
     pub engine_id: String,
@@ -132,8 +132,8 @@ pub trait Staged: Send + Sync + std::fmt::Debug {
 /// one table once (its identifier, adapter options such as partitioning) and
 /// returns a [`SinkTable`]; the sink keeps no per-table state.
 ///
-/// The in-memory [`MemorySink`](crate::memory::MemorySink) (feature `testing`)
-/// is the reference implementation; [`conformance`](crate::conformance)
+/// The in-memory `memory::MemorySink` (feature `testing`)
+/// is the reference implementation; `conformance::sink`
 /// (feature `conformance`) checks any implementation.
 #[async_trait]
 pub trait Sink: Send + Sync + std::fmt::Debug {

@@ -23,8 +23,8 @@ pub type BatchStream = BoxStream<'static, Result<RecordBatch, Error>>;
 /// 2. Opening is cheap enough to do once per run: the engine opens a fresh
 ///    handle for every run, so a schema change upstream is seen by the next run.
 ///
-/// The in-memory [`MemorySource`](crate::memory::MemorySource) (feature
-/// `testing`) is the reference implementation; [`conformance`](crate::conformance)
+/// The in-memory `memory::MemorySource` (feature
+/// `testing`) is the reference implementation; `conformance::source`
 /// (feature `conformance`) checks any implementation.
 #[async_trait]
 pub trait Source: Send + Sync + std::fmt::Debug {
