@@ -1,7 +1,9 @@
-//! Exponential backoff with full jitter, applied around trait calls by the engine.
+//! Exponential backoff with full jitter: the one retry loop, used by the
+//! [`Retry`](crate::layer::Retry) layer around trait calls and by the engine's
+//! commit loop.
 //!
 //! Retrying lives here, in one place, rather than in every adapter: adapters only
-//! classify their errors ([`Error::is_retryable`]) and the engine decides.
+//! classify their errors ([`Error::is_retryable`]) and the layer decides.
 
 use std::future::Future;
 use std::time::Duration;
