@@ -148,7 +148,7 @@ impl IcebergTableOptions {
                 });
             }
             if let Some(cols) = table.columns()
-                && !cols.iter().any(|c| *c == f.column)
+                && !cols.contains(&f.column)
             {
                 return Err(IcebergSinkError::Config {
                     field: "partitioning",

@@ -1,5 +1,6 @@
 //! The Sink contract against real SQL catalogs: every test runs on SQLite and
 //! on PostgreSQL (the PostgreSQL variants fail when the server is unreachable).
+#![cfg(all(feature = "sqlite", feature = "postgres"))] // every test runs on both SQL catalogs
 
 mod common;
 
@@ -14,7 +15,7 @@ use common::faulty::{Fault, FaultyCatalog};
 use common::*;
 use iceberg::spec::{PrimitiveType, Transform, Type};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use offload_core::{Error, RunId, SinkTable, Staged, Watermark};
+use offload_core::{Error, RunId, Sink, SinkTable, Staged, Watermark};
 use offload_sink_iceberg::{IcebergSink, IcebergSinkError, IcebergTable};
 
 macro_rules! on_both_catalogs {
@@ -847,17 +848,48 @@ async fn a_concurrent_schema_change_is_a_retryable_refusal(b: Backend) {
         "{err}"
     );
     // What the Retry layer does: the same call again.
-    slow.prepare(both).await.unwrap();
-    let t = fast.load().await.unwrap();
-    let schema = t.metadata().current_schema();
-    let names: Vec<&str> = schema
-        .as_struct()
-        .fields()
-        .iter()
-        .map(|f| f.name.as_str())
-        .collect();
-    assert_eq!(names.iter().filter(|n| **n == "venue").count(), 1, "{names:?}");
-    assert!(names.contains(&"fee"), "{names:?}");
+    slow.prepare(both.clone()).await.unwrap();
+    let names = |t: iceberg::table::Table| -> Vec<String> {
+        let schema = t.metadata().current_schema();
+        schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    let got = names(fast.load().await.unwrap());
+    assert_eq!(got.iter().filter(|n| *n == "venue").count(), 1, "{got:?}");
+    assert!(got.iter().any(|n| n == "fee"), "{got:?}");
+
+    // The same race behind core's Retry layer: `prepare` just succeeds.
+    use offload_core::layer::{self, Retry};
+    let retried = layer::stack(IcebergSink::with_catalog(faulty.clone(), b.config()))
+        .with(Retry::new(
+            offload_core::RetryPolicy::default().initial_backoff(Duration::from_millis(10)),
+        ))
+        .into_sink()
+        .open(&table_config("lake.evolve_race"))
+        .await
+        .unwrap();
+    let with_side = with_column(&both, Field::new("side", DataType::Utf8, true));
+    let with_side_and_id = with_column(&with_side, Field::new("trade_id", DataType::Int64, true));
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+    faulty.arm(Fault::Gate {
+        reached: reached_tx,
+        release: release_rx,
+    });
+    let layered_prepare = tokio::spawn(async move { retried.prepare(with_side_and_id).await });
+    reached_rx
+        .await
+        .expect("layered schema change reached the catalog");
+    fast.prepare(with_side).await.unwrap();
+    release_tx.send(()).unwrap();
+    layered_prepare.await.unwrap().unwrap();
+    let got = names(fast.load().await.unwrap());
+    assert_eq!(got.iter().filter(|n| *n == "side").count(), 1, "{got:?}");
+    assert!(got.iter().any(|n| n == "trade_id"), "{got:?}");
 }
 
 /// The encoder tasks block on the caller's runtime handle; that must also work

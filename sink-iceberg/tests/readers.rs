@@ -3,6 +3,7 @@
 //! exact decimals, lists, maps with null values, UTC timestamps, partition
 //! values and field ids. Needs the test venv (`bash testing/setup-venv.sh`);
 //! without it the test fails, it does not skip.
+#![cfg(feature = "sqlite")] // the readers open the SQLite catalog
 
 mod common;
 

@@ -6,7 +6,7 @@
 //!
 //! Only built with `--features s3`; then it fails (never skips) when the
 //! endpoint is not set or not reachable.
-#![cfg(feature = "s3")]
+#![cfg(all(feature = "s3", feature = "sqlite"))] // the catalog is a SQLite file
 
 mod common;
 

@@ -17,6 +17,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::TryStreamExt;
 use offload_core::{CommitMetadata, RunId, SinkTable, Staged, TableConfig, Watermark, Window};
 use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig, IcebergTable};
+#[cfg(feature = "postgres")]
 use sqlx::Connection;
 use tempfile::TempDir;
 
@@ -50,6 +51,7 @@ impl Backend {
 
     /// A fresh database on the test server. Panics (fails the test) when
     /// PostgreSQL is unreachable: these tests never skip.
+    #[cfg(feature = "postgres")]
     pub async fn postgres() -> Backend {
         let admin = std::env::var("OFFLOAD_PG_URL")
             .ok()
@@ -107,6 +109,15 @@ pub fn open(sink: &IcebergSink, sink_table: &str) -> IcebergTable {
 }
 
 impl Drop for Backend {
+    #[cfg(not(feature = "postgres"))]
+    fn drop(&mut self) {
+        assert!(
+            self.pg_db.is_none(),
+            "no PostgreSQL without the `postgres` feature"
+        );
+    }
+
+    #[cfg(feature = "postgres")]
     fn drop(&mut self) {
         let Some((admin, db)) = self.pg_db.take() else {
             return;
@@ -136,6 +147,7 @@ fn warehouse(dir: &Path) -> String {
     dir.join("warehouse").to_str().unwrap().to_owned()
 }
 
+#[cfg(feature = "postgres")]
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
