@@ -145,7 +145,14 @@ fn offload_binary(given: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error:
 
 /// `offload <args>` to its end: (exit code, stdout).
 fn offload(bin: &Path, args: &[&str]) -> Result<(i32, String), Box<dyn std::error::Error>> {
-    let out = Command::new(bin).args(args).stderr(Stdio::inherit()).output()?;
+    let out = Command::new(bin)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stderr(Stdio::inherit())
+        .output()?;
     Ok((out.status.code().unwrap_or(-1), String::from_utf8(out.stdout)?))
 }
 
@@ -251,6 +258,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let totals = Arc::new(Mutex::new(BTreeMap::<String, Totals>::new()));
     let mut child = Command::new(&bin)
         .args(["run", "--config", config])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()?;
     let reader = std::thread::spawn({
@@ -345,7 +356,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_or("-".into(), |l| format!("{l:.1}s"));
         println!(
             "{name:<22} {in_ch:>10} {in_lake:>10} {:>8} {:>6} {:>10} {rate:>12.0} {lag:>8}",
-            tot.windows, st["files"], st["snapshots"]
+            tot.windows,
+            st["files"].to_string(),
+            st["snapshots"].to_string()
         );
         let committed = st["committed"]["utc"].as_str().unwrap_or("-").to_owned();
         locations.push((name, location, committed));
