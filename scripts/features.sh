@@ -17,7 +17,7 @@ matrix=(
     "offload-sink-iceberg: - sqlite postgres rest s3 all"
     "offload-watermark-store: - file postgres conformance all"
     "offload-reconcile: - kafka all"
-    "offload-cli: failpoints"
+    "offload-cli: failpoints rest s3"
 )
 
 run() {

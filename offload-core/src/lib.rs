@@ -3,6 +3,7 @@
 
 mod clock;
 mod config;
+pub mod duration;
 mod engine;
 mod error;
 pub mod layer;

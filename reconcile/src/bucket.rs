@@ -333,13 +333,7 @@ pub fn parse_time(text: &str, now_micros: i64) -> Result<i64, Error> {
         field: "time",
         reason: format!("{s:?}: expected now-<duration> (e.g. now-2h, now-1d): {why}"),
     };
-    let span: jiff::Span = rest.trim().parse().map_err(|e: jiff::Error| bad(e.to_string()))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| bad(e.to_string()))?;
-    if d.is_negative() {
-        return Err(bad("negative duration".into()));
-    }
+    let d = offload_core::duration::parse_duration(rest).map_err(bad)?;
     i64::try_from(d.as_micros())
         .ok()
         .and_then(|d| now_micros.checked_sub(d))

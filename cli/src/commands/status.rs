@@ -161,7 +161,7 @@ fn text(rows: &[TableStatus]) -> String {
             r.table.clone(),
             r.committed.map_or_else(dash, |w| utc(w.timestamp_micros())),
             r.lag.map_or_else(dash, |d| {
-                humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+                offload_core::duration::format_duration(Duration::from_secs(d.as_secs()))
             }),
             st.and_then(|s| s.updated_at)
                 .map_or_else(dash, |t| utc(system_time_to_micros(t))),

@@ -1,4 +1,4 @@
-//! The value types the schema is written in: durations (humantime), secrets
+//! The value types the schema is written in: durations (core's one grammar), secrets
 //! named by environment variable, byte sizes.
 
 use std::fmt;
@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
-/// A duration in humantime's grammar: `250ms`, `30s`, `5m`, `2h`, `1d`, `1h 30m`.
+/// A duration in [`offload_core::duration`]'s grammar: `250ms`, `30s`, `5m`, `2h`, `1d`, `1h 30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub Duration);
 
@@ -22,9 +22,7 @@ impl std::str::FromStr for Dur {
     /// assert!("5 parsecs".parse::<Dur>().is_err());
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("{s:?} is not a duration like 250ms, 30s, 5m, 2h or 1d ({e})"))
+        offload_core::duration::parse_duration(s).map(Dur)
     }
 }
 
@@ -37,7 +35,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        humantime::format_duration(self.0).fmt(f)
+        f.write_str(&offload_core::duration::format_duration(self.0))
     }
 }
 
