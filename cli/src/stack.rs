@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use offload_core::layer::{self, Layered, Metrics, Op, Retry, Timeout};
+use offload_core::layer::{self, Family, Layered, Metrics, Op, Retry, Timeout};
 use offload_core::{Sink, Source, WatermarkStore};
 
 use crate::app::{AppError, retry_policy};
@@ -78,17 +78,11 @@ type Outer<S> = layer::Stack<Layered<Metrics, Layered<Retry, Layered<Timeout, S>
 pub fn timeouts(t: &TimeoutsSection) -> Timeout {
     let mut policy = Timeout::new(t.sink.0);
     for op in Op::ALL {
-        let d = match op {
-            Op::SourceOpen | Op::HighWatermark | Op::Read => t.source,
-            Op::Write | Op::Finish => t.staging,
-            Op::Cleanup => t.cleanup,
-            Op::Load
-            | Op::AcquireLease
-            | Op::RenewLease
-            | Op::ReleaseLease
-            | Op::CompareAndSet
-            | Op::RecordRun
-            | Op::RecoverStaleRuns => t.store,
+        let d = match (op, op.family()) {
+            (Op::Write | Op::Finish, _) => t.staging,
+            (Op::Cleanup, _) => t.cleanup,
+            (_, Family::Source) => t.source,
+            (_, Family::Store) => t.store,
             _ => t.sink,
         };
         policy = policy.op(op, d.0);

@@ -31,6 +31,63 @@ pub enum Transform {
     Truncate(u32),
 }
 
+impl std::str::FromStr for Transform {
+    type Err = String;
+
+    /// The transform as Iceberg spells it: `identity`, `year`, `month`, `day`,
+    /// `hour`, `bucket[N]`, `truncate[W]` (N, W > 0).
+    ///
+    /// ```
+    /// use offload_sink_iceberg::Transform;
+    /// assert_eq!("bucket[16]".parse::<Transform>(), Ok(Transform::Bucket(16)));
+    /// assert_eq!("day".parse::<Transform>(), Ok(Transform::Day));
+    /// assert!("bucket[0]".parse::<Transform>().is_err());
+    /// assert!("bucket".parse::<Transform>().is_err());
+    /// assert_eq!(Transform::Truncate(4).to_string().parse::<Transform>(), Ok(Transform::Truncate(4)));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = || {
+            format!("{s:?}: expected identity, year, month, day, hour, bucket[N] or truncate[W] (N, W > 0)")
+        };
+        let param = |rest: &str| {
+            rest.strip_suffix(']')
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(expected)
+        };
+        Ok(match s.trim() {
+            "identity" => Transform::Identity,
+            "year" => Transform::Year,
+            "month" => Transform::Month,
+            "day" => Transform::Day,
+            "hour" => Transform::Hour,
+            t => {
+                if let Some(rest) = t.strip_prefix("bucket[") {
+                    Transform::Bucket(param(rest)?)
+                } else if let Some(rest) = t.strip_prefix("truncate[") {
+                    Transform::Truncate(param(rest)?)
+                } else {
+                    return Err(expected());
+                }
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transform::Identity => f.write_str("identity"),
+            Transform::Year => f.write_str("year"),
+            Transform::Month => f.write_str("month"),
+            Transform::Day => f.write_str("day"),
+            Transform::Hour => f.write_str("hour"),
+            Transform::Bucket(n) => write!(f, "bucket[{n}]"),
+            Transform::Truncate(w) => write!(f, "truncate[{w}]"),
+        }
+    }
+}
+
 /// One partition field: a source column and the transform applied to it.
 ///
 /// ```

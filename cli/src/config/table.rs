@@ -47,67 +47,17 @@ pub struct PartitionSection {
     pub transform: TransformName,
 }
 
-/// A partition transform as Iceberg writes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransformName {
-    /// The value itself.
-    Identity,
-    /// Years since 1970.
-    Year,
-    /// Months since 1970.
-    Month,
-    /// Days since 1970.
-    Day,
-    /// Hours since 1970.
-    Hour,
-    /// Murmur3 hash modulo N.
-    Bucket(u32),
-    /// Truncated to width W.
-    Truncate(u32),
-}
-
-impl std::str::FromStr for TransformName {
-    type Err = String;
-
-    /// ```
-    /// use offload_cli::config::TransformName;
-    /// assert_eq!("bucket[16]".parse::<TransformName>(), Ok(TransformName::Bucket(16)));
-    /// assert_eq!("day".parse::<TransformName>(), Ok(TransformName::Day));
-    /// assert!("bucket[0]".parse::<TransformName>().is_err());
-    /// assert!("bucket".parse::<TransformName>().is_err());
-    /// ```
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let expected = || {
-            format!("{s:?}: expected identity, year, month, day, hour, bucket[N] or truncate[W] (N, W > 0)")
-        };
-        let param = |rest: &str| {
-            rest.strip_suffix(']')
-                .and_then(|n| n.parse::<u32>().ok())
-                .filter(|n| *n > 0)
-                .ok_or_else(expected)
-        };
-        Ok(match s.trim() {
-            "identity" => TransformName::Identity,
-            "year" => TransformName::Year,
-            "month" => TransformName::Month,
-            "day" => TransformName::Day,
-            "hour" => TransformName::Hour,
-            t => {
-                if let Some(rest) = t.strip_prefix("bucket[") {
-                    TransformName::Bucket(param(rest)?)
-                } else if let Some(rest) = t.strip_prefix("truncate[") {
-                    TransformName::Truncate(param(rest)?)
-                } else {
-                    return Err(expected());
-                }
-            }
-        })
-    }
-}
+/// A partition transform in Iceberg's spelling, parsed by the sink's own
+/// [`Transform`](offload_sink_iceberg::Transform) grammar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransformName(pub offload_sink_iceberg::Transform);
 
 impl<'de> Deserialize<'de> for TransformName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map(TransformName)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -128,7 +78,7 @@ impl TableSection {
     /// The table as an offload-core configuration, adapter options attached;
     /// `key` is its key path (`tables[i]`) for errors.
     pub(crate) fn to_config(&self, key: &str) -> Result<offload_core::TableConfig, super::ConfigError> {
-        use offload_sink_iceberg::{IcebergTableOptions, PartitionField, Transform};
+        use offload_sink_iceberg::{IcebergTableOptions, PartitionField};
         use offload_source_clickhouse::ClickHouseTableOptions;
 
         let mut b = offload_core::TableConfig::builder(&self.name)
@@ -161,15 +111,7 @@ impl TableSection {
                         "must not be empty",
                     ));
                 }
-                let transform = match f.transform {
-                    TransformName::Identity => Transform::Identity,
-                    TransformName::Year => Transform::Year,
-                    TransformName::Month => Transform::Month,
-                    TransformName::Day => Transform::Day,
-                    TransformName::Hour => Transform::Hour,
-                    TransformName::Bucket(n) => Transform::Bucket(n),
-                    TransformName::Truncate(w) => Transform::Truncate(w),
-                };
+                let transform = f.transform.0.clone();
                 opts = opts.partition_by(PartitionField::new(column, transform));
             }
             b = b.option(opts);

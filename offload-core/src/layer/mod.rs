@@ -110,11 +110,23 @@ pub enum Op {
 }
 
 /// Which trait family an operation belongs to: decides the error variant a
-/// policy reports its own failures in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Family {
+/// policy reports its own failures in, and lets a program set one deadline
+/// per family.
+///
+/// ```
+/// use offload_core::layer::{Family, Op};
+/// assert_eq!(Op::HighWatermark.family(), Family::Source);
+/// assert_eq!(Op::Commit.family(), Family::Sink);
+/// assert_eq!(Op::CompareAndSet.family(), Family::Store);
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// [`Source`] and [`SourceTable`](crate::SourceTable).
     Source,
+    /// [`Sink`], [`SinkTable`], [`StagingWriter`], [`Staged`].
     Sink,
+    /// [`WatermarkStore`].
     Store,
 }
 
@@ -188,7 +200,8 @@ impl Op {
         )
     }
 
-    pub(crate) fn family(self) -> Family {
+    /// The trait family the operation belongs to.
+    pub fn family(self) -> Family {
         match self {
             Op::SourceOpen | Op::HighWatermark | Op::Read => Family::Source,
             Op::SinkOpen
