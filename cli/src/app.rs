@@ -71,8 +71,11 @@ impl App {
             .without_default_layers()
             .retry(retry_policy(cfg))
             .concurrency(e.concurrency)
-            .lease_ttl(e.lease_ttl.0)
-            .cleanup_interval(e.cleanup_interval.map(|d| d.0));
+            .lease_ttl(e.lease_ttl.0);
+        // Unset: the engine's default (at start-up, then hourly); "0s" turns it off.
+        if let Some(d) = e.cleanup_interval {
+            engine = engine.cleanup_interval((!d.0.is_zero()).then_some(d.0));
+        }
         if let Some(n) = e.pipeline_depth {
             engine = engine.pipeline_depth(n);
         }

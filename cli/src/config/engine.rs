@@ -28,7 +28,8 @@ pub struct EngineSection {
     /// (default: the engine's).
     pub stale_run_timeout: Option<Dur>,
     /// Delete orphaned staged files every so often during `offload run`
-    /// (default: never; `offload cleanup` does it on demand).
+    /// (default: at start-up, then hourly; `"0s"` turns it off, leaving it to
+    /// `offload cleanup`).
     pub cleanup_interval: Option<Dur>,
 }
 
