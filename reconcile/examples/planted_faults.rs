@@ -4,8 +4,8 @@
 //! and an Iceberg table written by the real offload engine.
 //!
 //! ```sh
-//! cargo run -p offload-reconcile --example demo            # human tables
-//! cargo run -p offload-reconcile --example demo -- --json  # the faulty report as JSON
+//! cargo run -p offload-reconcile --example planted_faults            # human tables
+//! cargo run -p offload-reconcile --example planted_faults -- --json  # the faulty report as JSON
 //! ```
 //!
 //! It prints the report of the clean offload, then plants one fault of each
