@@ -140,16 +140,7 @@ where
     for (name, check) in all_checks() {
         let store: SharedStore = Arc::new(factory().await);
         if let Err(e) = tokio::spawn(check(store)).await {
-            let why = if e.is_panic() {
-                let payload = e.into_panic();
-                payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "(non-text panic)".to_owned())
-            } else {
-                e.to_string()
-            };
+            let why = offload_core::conformance::failure_message(e);
             panic!("conformance check `{name}` failed: {why}");
         }
     }

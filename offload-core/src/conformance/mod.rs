@@ -74,21 +74,32 @@ where
     let mut results = Vec::with_capacity(checks.len());
     for (name, check) in checks {
         let fixture = factory().await;
-        let outcome = tokio::spawn(check(fixture)).await.map_err(|e| {
-            if e.is_panic() {
-                let payload = e.into_panic();
-                payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "(non-text panic)".to_owned())
-            } else {
-                e.to_string()
-            }
-        });
+        let outcome = tokio::spawn(check(fixture)).await.map_err(failure_message);
         results.push(CheckResult { name, outcome });
     }
     results
+}
+
+/// Why a check run on its own task failed: its panic message (an `assert!`'s
+/// text), or the task error. Shared by every conformance runner, the store
+/// suite's included.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let e = tokio::spawn(async { panic!("window lost a row") }).await.unwrap_err();
+/// assert_eq!(offload_core::conformance::failure_message(e), "window lost a row");
+/// # });
+/// ```
+pub fn failure_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(non-text panic)".to_owned())
 }
 
 /// Panics naming the first failed check.
