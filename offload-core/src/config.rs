@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use crate::Error;
 
+/// Default [`TableConfig::late_horizon`]: 7 days, the hot store's usual TTL.
+pub const DEFAULT_LATE_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default [`TableConfig::sweep_bucket`]: 1 hour.
+pub const DEFAULT_SWEEP_BUCKET: Duration = Duration::from_secs(3600);
+
 /// Adapter-specific options of one table, keyed by their type (like
 /// `http::Extensions`): each adapter defines its own option type and reads it
 /// in `open`, so core knows nothing of partitions or filters.
@@ -69,6 +74,8 @@ pub struct TableConfig {
     lag: Duration,
     batch_size: usize,
     max_window: Option<Duration>,
+    late_horizon: Duration,
+    sweep_bucket: Duration,
     options: Options,
 }
 
@@ -81,6 +88,7 @@ impl fmt::Debug for TableConfig {
             .field("timestamp_column", &self.timestamp_column)
             .field("sequence_column", &self.sequence_column)
             .field("lag", &self.lag)
+            .field("late_horizon", &self.late_horizon)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -100,6 +108,8 @@ impl TableConfig {
             lag: Duration::from_secs(300),
             batch_size: 65_536,
             max_window: None,
+            late_horizon: DEFAULT_LATE_HORIZON,
+            sweep_bucket: DEFAULT_SWEEP_BUCKET,
             options: Options::default(),
         }
     }
@@ -143,6 +153,18 @@ impl TableConfig {
     pub fn max_window(&self) -> Option<Duration> {
         self.max_window
     }
+    /// How far below the committed watermark the late-row sweep looks for rows
+    /// that reached the source after their window was committed (default 7
+    /// days; zero turns the sweep off). Rows older than this are reported,
+    /// never repaired.
+    pub fn late_horizon(&self) -> Duration {
+        self.late_horizon
+    }
+    /// Width of the time buckets the sweep compares source and sink in
+    /// (default 1 hour): a bucket whose counts agree costs nothing more.
+    pub fn sweep_bucket(&self) -> Duration {
+        self.sweep_bucket
+    }
     /// The adapter option of type `T` set with [`TableConfigBuilder::option`], if any.
     ///
     /// ```
@@ -175,6 +197,8 @@ pub struct TableConfigBuilder {
     lag: Duration,
     batch_size: usize,
     max_window: Option<Duration>,
+    late_horizon: Duration,
+    sweep_bucket: Duration,
     options: Options,
 }
 
@@ -221,6 +245,16 @@ impl TableConfigBuilder {
     /// Largest event-time span per run (default: unbounded).
     pub fn max_window(mut self, v: Duration) -> Self {
         self.max_window = Some(v);
+        self
+    }
+    /// See [`TableConfig::late_horizon`]; zero turns the late-row sweep off.
+    pub fn late_horizon(mut self, v: Duration) -> Self {
+        self.late_horizon = v;
+        self
+    }
+    /// See [`TableConfig::sweep_bucket`] (at least 1 ms).
+    pub fn sweep_bucket(mut self, v: Duration) -> Self {
+        self.sweep_bucket = v;
         self
     }
     /// Sets an adapter option (one value per type; a second call replaces the
@@ -284,6 +318,18 @@ impl TableConfigBuilder {
                 reason: "must be positive".into(),
             });
         }
+        if self.sweep_bucket < Duration::from_millis(1) {
+            return Err(Error::InvalidConfig {
+                field: "sweep_bucket",
+                reason: "must be at least 1 ms".into(),
+            });
+        }
+        if i64::try_from(self.late_horizon.as_micros()).is_err() {
+            return Err(Error::InvalidConfig {
+                field: "late_horizon",
+                reason: "is too large".into(),
+            });
+        }
         Ok(TableConfig {
             name,
             source_table,
@@ -294,6 +340,8 @@ impl TableConfigBuilder {
             lag: self.lag,
             batch_size: self.batch_size,
             max_window: self.max_window,
+            late_horizon: self.late_horizon,
+            sweep_bucket: self.sweep_bucket,
             options: self.options,
         })
     }

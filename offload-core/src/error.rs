@@ -100,6 +100,21 @@ pub enum Error {
         found: Option<Watermark>,
     },
 
+    /// A repair commit found the sink table at another version than the one its
+    /// diff was computed against. Never retried: the diff is stale; the next
+    /// sweep computes a new one.
+    #[error(
+        "repair conflict on table {table}: the repair was computed at version {base} but the table is at {found:?}"
+    )]
+    RepairConflict {
+        /// The table.
+        table: String,
+        /// The version the repair's diff was computed against.
+        base: crate::SinkVersion,
+        /// The table's current version.
+        found: Option<crate::SinkVersion>,
+    },
+
     /// Another engine holds the table's lease.
     #[error("table {table} is leased to {holder} until {expires_at:?}")]
     LeaseHeld {
@@ -212,6 +227,7 @@ impl Error {
             Error::Store { .. } => "store",
             Error::CommitOutcomeUnknown { .. } => "commit_unknown",
             Error::CommitConflict { .. } => "conflict",
+            Error::RepairConflict { .. } => "repair_conflict",
             Error::LeaseHeld { .. } => "lease_held",
             Error::LeaseLost { .. } => "lease_lost",
             Error::WatermarkMismatch { .. } => "watermark_mismatch",

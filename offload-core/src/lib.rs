@@ -16,6 +16,7 @@ mod source;
 #[cfg(feature = "sqlx")]
 pub mod sql;
 mod store;
+mod sweep;
 mod watermark;
 
 #[cfg(feature = "testing")]
@@ -25,7 +26,7 @@ pub mod memory;
 pub mod conformance;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{TableConfig, TableConfigBuilder};
+pub use config::{DEFAULT_LATE_HORIZON, DEFAULT_SWEEP_BUCKET, TableConfig, TableConfigBuilder};
 pub use engine::{Offloader, OffloaderBuilder, RunSummary, TableResult};
 pub use error::{BoxError, Error};
 pub use retry::RetryPolicy;
@@ -33,6 +34,7 @@ pub use run::RunId;
 pub use sink::{CommitMetadata, CommittedWindow, Sink, SinkTable, Staged, StagedStats, StagingWriter};
 pub use source::{BatchStream, Source, SourceTable};
 pub use store::{Lease, MAX_ERROR_LEN, RunEvent, RunStatus, TableState, WatermarkStore, truncate_error};
+pub use sweep::{BucketGrid, RepairMetadata, SinkVersion, SweepSummary, batch_positions};
 pub use watermark::{Watermark, Window, micros_to_system_time, rfc3339_micros, system_time_to_micros};
 
 /// Re-exported so adapters and users name one cancellation type.

@@ -94,3 +94,36 @@ pub(crate) fn operation(op: &'static str, table: &str, duration: Duration, err: 
             .increment(1);
     }
 }
+
+/// Late rows the sweep found missing from the sink, inside the horizon (counter).
+pub const LATE_ROWS_TOTAL: &str = "offload_late_rows_total";
+/// Late rows the sweep committed (counter).
+pub const LATE_ROWS_REPAIRED_TOTAL: &str = "offload_late_rows_repaired_total";
+/// Age of the oldest late row the latest sweep found: now minus its event
+/// timestamp; 0 when it found none (gauge, seconds).
+pub const LATE_OLDEST_AGE_SECONDS: &str = "offload_late_oldest_age_seconds";
+/// Rows the latest sweep saw that arrived older than the late horizon and are
+/// therefore never repaired (gauge; anything above 0 needs a person).
+pub const LATE_BEYOND_HORIZON_ROWS: &str = "offload_late_beyond_horizon_rows";
+/// Rows the sink holds inside the horizon that the source does not (expired
+/// upstream, or duplicates), as of the latest sweep; never deleted (gauge).
+pub const SINK_EXCESS_ROWS: &str = "offload_sink_excess_rows";
+/// Sweeps, by `outcome` = clean | repaired (counter).
+pub const SWEEPS_TOTAL: &str = "offload_sweeps_total";
+/// When the latest sweep finished (gauge, seconds since the epoch).
+pub const LAST_SWEEP_SECONDS: &str = "offload_last_sweep_timestamp_seconds";
+
+pub(crate) fn sweep(table: &str, s: &crate::SweepSummary, now: SystemTime) {
+    let t = table.to_owned();
+    let outcome = if s.repaired_rows > 0 { "repaired" } else { "clean" };
+    metrics::counter!(SWEEPS_TOTAL, "table" => t.clone(), "outcome" => outcome).increment(1);
+    metrics::counter!(LATE_ROWS_TOTAL, "table" => t.clone()).increment(s.late_rows);
+    metrics::counter!(LATE_ROWS_REPAIRED_TOTAL, "table" => t.clone()).increment(s.repaired_rows);
+    let age = s
+        .oldest_late
+        .map_or(0.0, |o| (epoch_seconds(now) - o.as_seconds_f64()).max(0.0));
+    metrics::gauge!(LATE_OLDEST_AGE_SECONDS, "table" => t.clone()).set(age);
+    metrics::gauge!(LATE_BEYOND_HORIZON_ROWS, "table" => t.clone()).set(s.beyond_horizon_rows as f64);
+    metrics::gauge!(SINK_EXCESS_ROWS, "table" => t.clone()).set(s.excess_rows as f64);
+    metrics::gauge!(LAST_SWEEP_SECONDS, "table" => t).set(epoch_seconds(now));
+}

@@ -8,7 +8,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 
-use crate::{Error, RunId, TableConfig, Watermark, Window};
+use crate::{BucketGrid, Error, RepairMetadata, RunId, SinkVersion, TableConfig, Watermark, Window};
 
 /// What a commit records beside its data, atomically with it.
 ///
@@ -38,13 +38,23 @@ pub struct CommitMetadata {
 ///
 /// ```
 /// use offload_core::{CommittedWindow, Watermark};
-/// let c = CommittedWindow { until: Watermark::new(5, 1), run_id: None, engine_id: None, fencing_token: None };
+/// use offload_core::SinkVersion;
+/// let c = CommittedWindow {
+///     until: Watermark::new(5, 1),
+///     version: SinkVersion::new("3"),
+///     run_id: None,
+///     engine_id: None,
+///     fencing_token: None,
+/// };
 /// assert_eq!(c.until, Watermark::new(5, 1));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedWindow {
     /// The committed watermark: every source row at or below it is in the sink.
     pub until: Watermark,
+    /// The table's current version (the latest commit of any kind, repairs
+    /// included): what a repair commit is fenced on.
+    pub version: SinkVersion,
     /// The run that committed it, when the sink still knows.
     pub run_id: Option<RunId>,
     /// The engine that committed it, when the sink still knows.
@@ -124,6 +134,13 @@ pub trait Staged: Send + Sync + std::fmt::Debug {
     fn stats(&self) -> &StagedStats;
     /// Commits the staged data with its metadata, atomically and fenced.
     async fn commit(&self, meta: &CommitMetadata) -> Result<(), Error>;
+    /// Commits the staged rows as a repair of late rows: atomically with
+    /// `meta`, leaving the committed watermark unchanged, and only if the
+    /// table is still at `meta.base` (otherwise [`Error::RepairConflict`],
+    /// changing nothing). Outcome doubt is reported as for
+    /// [`commit`](Staged::commit), and `meta.run_id` must be found by
+    /// [`SinkTable::was_committed`] once it landed.
+    async fn commit_repair(&self, meta: &RepairMetadata) -> Result<(), Error>;
     /// Deletes staged data that will not be committed.
     async fn discard(self: Box<Self>) -> Result<(), Error>;
 }
@@ -152,6 +169,10 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 ///    table on first use, evolves compatible schema changes and refuses
 ///    incompatible ones with a typed, non-retryable error.
 /// 3. [`cleanup`](SinkTable::cleanup) never deletes a committed file.
+/// 4. **Keys and counts agree with the data.** [`positions`](SinkTable::positions)
+///    and [`bucket_counts`](SinkTable::bucket_counts) describe exactly the
+///    committed rows, and [`committed`](SinkTable::committed)'s `version`
+///    changes with every commit, repairs included.
 #[async_trait]
 pub trait SinkTable: Send + Sync + std::fmt::Debug {
     /// The configuration this handle was opened with.
@@ -173,6 +194,18 @@ pub trait SinkTable: Send + Sync + std::fmt::Debug {
     /// how many were removed. Must never delete a committed file.
     async fn cleanup(&self) -> Result<u64, Error> {
         Ok(0)
+    }
+
+    /// The position of every committed row in `window`, in any order, a row
+    /// held twice listed twice: what the late-row sweep diffs the source
+    /// against. Reads only what it needs (key columns, pruned files).
+    async fn positions(&self, window: Window) -> Result<Vec<Watermark>, Error>;
+
+    /// How many committed rows each bucket of `grid` holds. The default lists
+    /// [`positions`](SinkTable::positions) over the grid; adapters answer from
+    /// metadata (file record counts and bounds) where they can.
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        Ok(grid.histogram(self.positions(grid.span()).await?))
     }
 }
 
@@ -203,6 +236,12 @@ impl<T: SinkTable + ?Sized> SinkTable for Arc<T> {
     async fn cleanup(&self) -> Result<u64, Error> {
         (**self).cleanup().await
     }
+    async fn positions(&self, window: Window) -> Result<Vec<Watermark>, Error> {
+        (**self).positions(window).await
+    }
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        (**self).bucket_counts(grid).await
+    }
 }
 
 #[async_trait]
@@ -225,6 +264,9 @@ impl<T: Staged + ?Sized> Staged for Box<T> {
     }
     async fn commit(&self, meta: &CommitMetadata) -> Result<(), Error> {
         (**self).commit(meta).await
+    }
+    async fn commit_repair(&self, meta: &RepairMetadata) -> Result<(), Error> {
+        (**self).commit_repair(meta).await
     }
     async fn discard(self: Box<Self>) -> Result<(), Error> {
         T::discard(*self).await

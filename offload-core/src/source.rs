@@ -7,7 +7,9 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::{Error, TableConfig, Watermark, Window};
+use futures::TryStreamExt;
+
+use crate::{BucketGrid, Error, TableConfig, Watermark, Window, batch_positions};
 
 /// A stream of Arrow record batches, ended early by the first error.
 pub type BatchStream = BoxStream<'static, Result<RecordBatch, Error>>;
@@ -51,7 +53,9 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 ///    Order inside the window is not required.
 /// 4. **Streaming.** `read` must not buffer the whole window: memory stays
 ///    bounded by a few batches whatever the window size.
-/// 5. **Errors are classified**: [`Error::Source`] with `retryable` set for
+/// 5. **Counts agree with reads.** [`bucket_counts`](SourceTable::bucket_counts)
+///    counts exactly the rows [`read`](SourceTable::read) would yield for each bucket.
+/// 6. **Errors are classified**: [`Error::Source`] with `retryable` set for
 ///    transient faults (connection reset, timeouts, overload).
 #[async_trait]
 pub trait SourceTable: Send + Sync + std::fmt::Debug {
@@ -67,6 +71,26 @@ pub trait SourceTable: Send + Sync + std::fmt::Debug {
 
     /// Streams the rows in `window`.
     async fn read(&self, window: Window) -> Result<BatchStream, Error>;
+
+    /// How many rows each bucket of `grid` holds (positions at or below
+    /// `grid.until()`), one figure per bucket: the late-row sweep compares them
+    /// with the sink's. The default reads [`grid.span()`](BucketGrid::span) and
+    /// counts; adapters answer with one aggregate instead.
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        let config = self.config();
+        let (ts, seq) = (config.timestamp_column(), config.sequence_column());
+        let mut counts = vec![0u64; grid.len()];
+        let mut stream = self.read(grid.span()).await?;
+        while let Some(batch) = stream.try_next().await? {
+            for (c, n) in counts
+                .iter_mut()
+                .zip(grid.histogram(batch_positions(&batch, ts, seq)?))
+            {
+                *c += n;
+            }
+        }
+        Ok(counts)
+    }
 }
 
 #[async_trait]
@@ -89,5 +113,8 @@ impl<T: SourceTable + ?Sized> SourceTable for Arc<T> {
     }
     async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         (**self).read(window).await
+    }
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        (**self).bucket_counts(grid).await
     }
 }

@@ -71,6 +71,8 @@ pub enum Op {
     HighWatermark,
     /// [`SourceTable::read`](crate::SourceTable::read) (opening the stream, not its batches).
     Read,
+    /// [`SourceTable::bucket_counts`](crate::SourceTable::bucket_counts).
+    SourceBucketCounts,
     /// [`Sink::open`].
     SinkOpen,
     /// [`SinkTable::prepare`].
@@ -85,6 +87,8 @@ pub enum Op {
     Abort,
     /// [`Staged::commit`].
     Commit,
+    /// [`Staged::commit_repair`].
+    CommitRepair,
     /// [`Staged::discard`].
     Discard,
     /// [`SinkTable::committed`].
@@ -93,6 +97,10 @@ pub enum Op {
     WasCommitted,
     /// [`SinkTable::cleanup`].
     Cleanup,
+    /// [`SinkTable::positions`].
+    Positions,
+    /// [`SinkTable::bucket_counts`].
+    SinkBucketCounts,
     /// [`WatermarkStore::load`].
     Load,
     /// [`WatermarkStore::acquire_lease`].
@@ -132,10 +140,11 @@ pub enum Family {
 
 impl Op {
     /// Every operation, in trait order.
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 25] = [
         Op::SourceOpen,
         Op::HighWatermark,
         Op::Read,
+        Op::SourceBucketCounts,
         Op::SinkOpen,
         Op::Prepare,
         Op::Begin,
@@ -143,10 +152,13 @@ impl Op {
         Op::Finish,
         Op::Abort,
         Op::Commit,
+        Op::CommitRepair,
         Op::Discard,
         Op::Committed,
         Op::WasCommitted,
         Op::Cleanup,
+        Op::Positions,
+        Op::SinkBucketCounts,
         Op::Load,
         Op::AcquireLease,
         Op::RenewLease,
@@ -162,6 +174,7 @@ impl Op {
             Op::SourceOpen => "source.open",
             Op::HighWatermark => "source.high_watermark",
             Op::Read => "source.read",
+            Op::SourceBucketCounts => "source.bucket_counts",
             Op::SinkOpen => "sink.open",
             Op::Prepare => "sink.prepare",
             Op::Begin => "sink.begin",
@@ -169,10 +182,13 @@ impl Op {
             Op::Finish => "sink.finish",
             Op::Abort => "sink.abort",
             Op::Commit => "sink.commit",
+            Op::CommitRepair => "sink.commit_repair",
             Op::Discard => "sink.discard",
             Op::Committed => "sink.committed",
             Op::WasCommitted => "sink.was_committed",
             Op::Cleanup => "sink.cleanup",
+            Op::Positions => "sink.positions",
+            Op::SinkBucketCounts => "sink.bucket_counts",
             Op::Load => "store.load",
             Op::AcquireLease => "store.acquire_lease",
             Op::RenewLease => "store.renew_lease",
@@ -188,22 +204,28 @@ impl Op {
         Op::ALL.into_iter().find(|op| op.name() == name)
     }
 
+    /// Whether the operation makes a commit: one interrupted by a deadline may
+    /// have landed, so its outcome is unknown rather than failed.
+    pub fn is_commit(self) -> bool {
+        matches!(self, Op::Commit | Op::CommitRepair)
+    }
+
     /// Whether calling the operation again after a failure is safe. `false`
-    /// for [`Commit`](Op::Commit) (only the engine may retry it, after resolving
+    /// for [`Commit`](Op::Commit) and [`CommitRepair`](Op::CommitRepair) (only the engine may retry it, after resolving
     /// the outcome), [`Write`](Op::Write) and [`Finish`](Op::Finish) (a second
     /// call would stage twice), and [`Discard`](Op::Discard) / [`Abort`](Op::Abort),
     /// which consume their receiver.
     pub fn is_idempotent(self) -> bool {
         !matches!(
             self,
-            Op::Commit | Op::Write | Op::Finish | Op::Discard | Op::Abort
+            Op::Commit | Op::CommitRepair | Op::Write | Op::Finish | Op::Discard | Op::Abort
         )
     }
 
     /// The trait family the operation belongs to.
     pub fn family(self) -> Family {
         match self {
-            Op::SourceOpen | Op::HighWatermark | Op::Read => Family::Source,
+            Op::SourceOpen | Op::HighWatermark | Op::Read | Op::SourceBucketCounts => Family::Source,
             Op::SinkOpen
             | Op::Prepare
             | Op::Begin
@@ -211,10 +233,13 @@ impl Op {
             | Op::Finish
             | Op::Abort
             | Op::Commit
+            | Op::CommitRepair
             | Op::Discard
             | Op::Committed
             | Op::WasCommitted
-            | Op::Cleanup => Family::Sink,
+            | Op::Cleanup
+            | Op::Positions
+            | Op::SinkBucketCounts => Family::Sink,
             Op::Load
             | Op::AcquireLease
             | Op::RenewLease

@@ -100,7 +100,7 @@ impl Policy for Timeout {
                     tracing::warn!(op = op.name(), table, ?after, "call timed out");
                     // On a commit, [`Layered`](super::Layered) turns this into
                     // `CommitOutcomeUnknown` (it knows the run id).
-                    Err(op.error(Elapsed { op, after }, op != Op::Commit))
+                    Err(op.error(Elapsed { op, after }, !op.is_commit()))
                 }
             }
         })

@@ -12,9 +12,9 @@ use futures::future::BoxFuture;
 
 use super::{Elapsed, Layered, Op, Policy, reinvoked};
 use crate::{
-    BatchStream, CommitMetadata, CommittedWindow, Error, Lease, RunEvent, RunId, Sink, SinkTable, Source,
-    SourceTable, Staged, StagedStats, StagingWriter, TableConfig, TableState, Watermark, WatermarkStore,
-    Window,
+    BatchStream, BucketGrid, CommitMetadata, CommittedWindow, Error, Lease, RepairMetadata, RunEvent, RunId,
+    Sink, SinkTable, Source, SourceTable, Staged, StagedStats, StagingWriter, TableConfig, TableState,
+    Watermark, WatermarkStore, Window,
 };
 
 fn once<'a, T: Send + 'a>(op: Op) -> BoxFuture<'a, Result<T, Error>> {
@@ -56,6 +56,14 @@ impl<P: Policy, S: SourceTable> SourceTable for Layered<P, S> {
         let inner = &self.inner;
         let mut call = || inner.read(window);
         self.policy.around(Op::Read, &self.table, &mut call).await
+    }
+
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        let inner = &self.inner;
+        let mut call = || inner.bucket_counts(grid);
+        self.policy
+            .around(Op::SourceBucketCounts, &self.table, &mut call)
+            .await
     }
 }
 
@@ -104,6 +112,20 @@ impl<P: Policy, S: SinkTable> SinkTable for Layered<P, S> {
         let inner = &self.inner;
         let mut call = || inner.cleanup();
         self.policy.around(Op::Cleanup, &self.table, &mut call).await
+    }
+
+    async fn positions(&self, window: Window) -> Result<Vec<Watermark>, Error> {
+        let inner = &self.inner;
+        let mut call = || inner.positions(window);
+        self.policy.around(Op::Positions, &self.table, &mut call).await
+    }
+
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        let inner = &self.inner;
+        let mut call = || inner.bucket_counts(grid);
+        self.policy
+            .around(Op::SinkBucketCounts, &self.table, &mut call)
+            .await
     }
 }
 
@@ -156,6 +178,18 @@ impl<P: Policy, S: Staged + 'static> Staged for Layered<P, S> {
         match self.policy.around(Op::Commit, &self.table, &mut call).await {
             // A commit interrupted by a deadline may have landed: never report
             // it as a plain failure, whichever policy gave up on it.
+            Err(Error::Sink { source, .. }) if source.is::<Elapsed>() => Err(Error::CommitOutcomeUnknown {
+                run_id: meta.run_id,
+                source,
+            }),
+            other => other,
+        }
+    }
+
+    async fn commit_repair(&self, meta: &RepairMetadata) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut call = || inner.commit_repair(meta);
+        match self.policy.around(Op::CommitRepair, &self.table, &mut call).await {
             Err(Error::Sink { source, .. }) if source.is::<Elapsed>() => Err(Error::CommitOutcomeUnknown {
                 run_id: meta.run_id,
                 source,

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 use super::{Row, from_batch};
 use crate::{
-    CommitMetadata, CommittedWindow, Error, RunId, Sink, SinkTable, Staged, StagedStats, StagingWriter,
-    TableConfig, Watermark,
+    CommitMetadata, CommittedWindow, Error, RepairMetadata, RunId, Sink, SinkTable, SinkVersion, Staged,
+    StagedStats, StagingWriter, TableConfig, Watermark, Window,
 };
 
 #[derive(Debug, Default)]
@@ -16,6 +16,15 @@ struct Table {
     /// Committed files and their rows.
     files: Vec<(String, Vec<Row>)>,
     commits: Vec<CommitMetadata>,
+    repairs: Vec<RepairMetadata>,
+    /// Bumped by every commit of either kind.
+    version: u64,
+}
+
+impl Table {
+    fn version(&self) -> SinkVersion {
+        SinkVersion::new(self.version.to_string())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +87,16 @@ impl MemorySink {
             .unwrap_or_default()
     }
 
+    /// Every repair commit of `table`, oldest first.
+    pub fn repairs(&self, table: &str) -> Vec<RepairMetadata> {
+        let state = self.state.lock().expect("sink lock");
+        state
+            .tables
+            .get(table)
+            .map(|t| t.repairs.clone())
+            .unwrap_or_default()
+    }
+
     /// Staged files neither committed nor discarded.
     pub fn orphans(&self) -> usize {
         self.state.lock().expect("sink lock").staged.len()
@@ -130,24 +149,39 @@ impl SinkTable for MemorySinkTable {
 
     async fn committed(&self) -> Result<Option<CommittedWindow>, Error> {
         let state = self.state.lock().expect("sink lock");
-        Ok(state
-            .tables
-            .get(&self.name)
-            .and_then(|t| t.commits.last())
-            .map(|c| CommittedWindow {
-                until: c.window.until(),
-                run_id: Some(c.run_id),
-                engine_id: Some(c.engine_id.clone()),
-                fencing_token: Some(c.fencing_token),
-            }))
+        let Some(t) = state.tables.get(&self.name) else {
+            return Ok(None);
+        };
+        Ok(t.commits.last().map(|c| CommittedWindow {
+            until: c.window.until(),
+            version: t.version(),
+            run_id: Some(c.run_id),
+            engine_id: Some(c.engine_id.clone()),
+            fencing_token: Some(c.fencing_token),
+        }))
     }
 
     async fn was_committed(&self, run_id: RunId) -> Result<bool, Error> {
         let state = self.state.lock().expect("sink lock");
+        Ok(state.tables.get(&self.name).is_some_and(|t| {
+            t.commits.iter().any(|c| c.run_id == run_id) || t.repairs.iter().any(|r| r.run_id == run_id)
+        }))
+    }
+
+    async fn positions(&self, window: Window) -> Result<Vec<Watermark>, Error> {
+        let state = self.state.lock().expect("sink lock");
         Ok(state
             .tables
             .get(&self.name)
-            .is_some_and(|t| t.commits.iter().any(|c| c.run_id == run_id)))
+            .map(|t| {
+                t.files
+                    .iter()
+                    .flat_map(|f| f.1.iter())
+                    .map(|r| Watermark::new(r.0, r.1))
+                    .filter(|p| window.contains(*p))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn cleanup(&self) -> Result<u64, Error> {
@@ -226,6 +260,27 @@ impl Staged for MemoryStaged {
         let file = self.stats.files.first().cloned().unwrap_or_default();
         t.files.push((file, self.rows.clone()));
         t.commits.push(meta.clone());
+        t.version += 1;
+        for f in &self.stats.files {
+            state.staged.remove(f);
+        }
+        Ok(())
+    }
+
+    async fn commit_repair(&self, meta: &RepairMetadata) -> Result<(), Error> {
+        let mut state = self.state.lock().expect("sink lock");
+        let t = state.tables.entry(self.table.clone()).or_default();
+        if t.version() != meta.base && !self.unfenced {
+            return Err(Error::RepairConflict {
+                table: self.table.clone(),
+                base: meta.base.clone(),
+                found: Some(t.version()),
+            });
+        }
+        let file = self.stats.files.first().cloned().unwrap_or_default();
+        t.files.push((file, self.rows.clone()));
+        t.repairs.push(meta.clone());
+        t.version += 1;
         for f in &self.stats.files {
             state.staged.remove(f);
         }
@@ -234,10 +289,10 @@ impl Staged for MemoryStaged {
 
     async fn discard(self: Box<Self>) -> Result<(), Error> {
         let mut state = self.state.lock().expect("sink lock");
-        let committed = state
-            .tables
-            .get(&self.table)
-            .is_some_and(|t| t.commits.iter().any(|c| c.run_id == self.stats.run_id));
+        let committed = state.tables.get(&self.table).is_some_and(|t| {
+            t.commits.iter().any(|c| c.run_id == self.stats.run_id)
+                || t.repairs.iter().any(|r| r.run_id == self.stats.run_id)
+        });
         if committed {
             return Err(Error::sink(
                 std::io::Error::other(format!(

@@ -27,6 +27,9 @@
 //! staging, and the one loop that must know the protocol, resolving and
 //! retrying a commit.
 
+mod sweep;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +41,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::layer::{self, Layered};
 use crate::{
     CommitMetadata, Error, Lease, RetryPolicy, RunEvent, RunId, Sink, SinkTable, Source, SourceTable, Staged,
-    TableConfig, Watermark, WatermarkStore, Window, metrics,
+    SweepSummary, TableConfig, Watermark, WatermarkStore, Window, metrics,
 };
 
 /// What a successful run did.
@@ -64,6 +67,9 @@ pub struct RunSummary {
     /// Whether the store was behind the sink and was rolled forward first
     /// (the trace of a crash between a commit and its store update).
     pub rolled_forward: bool,
+    /// The late-row sweep of this run, when one ran (see
+    /// [`TableConfig::late_horizon`]).
+    pub sweep: Option<SweepSummary>,
 }
 
 /// One table's result in [`Offloader::run_all`].
@@ -110,6 +116,7 @@ pub struct Offloader {
     stale_run_timeout: Duration,
     pipeline_depth: usize,
     cleanup_interval: Option<Duration>,
+    sweep_interval: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -161,6 +168,14 @@ impl OffloaderBuilder {
     /// what is old enough to be safe). Default: at start-up and then hourly.
     pub fn cleanup_interval(mut self, every: Option<Duration>) -> Self {
         self.inner.cleanup_interval = every;
+        self
+    }
+    /// How often [`Offloader::run_every`] sweeps each table for late rows
+    /// (default every minute; zero sweeps on every cycle). [`Offloader::run_once`]
+    /// and [`Offloader::run_all`] always sweep. Tables with a zero
+    /// [`late_horizon`](TableConfig::late_horizon) are never swept.
+    pub fn sweep_interval(mut self, every: Duration) -> Self {
+        self.inner.sweep_interval = every;
         self
     }
     /// Clock used for lag metrics (default the system clock).
@@ -338,6 +353,7 @@ impl Offloader {
                 stale_run_timeout: Duration::from_secs(30 * 60),
                 pipeline_depth: 4,
                 cleanup_interval: Some(Duration::from_secs(3600)),
+                sweep_interval: Duration::from_secs(60),
                 clock: Arc::new(SystemClock),
             },
             default_layers: true,
@@ -365,18 +381,45 @@ impl Offloader {
         let run_id = RunId::new();
         let span =
             tracing::info_span!("offload_run", table = table.name(), %run_id, window = tracing::field::Empty);
-        self.run(table, run_id, cancel).instrument(span).await
+        self.run(table, run_id, cancel, true).instrument(span).await
+    }
+
+    async fn run_traced(
+        &self,
+        table: &TableConfig,
+        cancel: &CancellationToken,
+        sweep: bool,
+    ) -> Result<RunSummary, Error> {
+        let run_id = RunId::new();
+        let span =
+            tracing::info_span!("offload_run", table = table.name(), %run_id, window = tracing::field::Empty);
+        self.run(table, run_id, cancel, sweep).instrument(span).await
     }
 
     /// Offloads the next window of every table, at most
     /// [`concurrency`](OffloaderBuilder::concurrency) at a time. One table's
     /// failure never stops the others. Results are in completion order.
+    /// Every run includes its table's late-row sweep.
     pub async fn run_all(&self, tables: &[TableConfig], cancel: &CancellationToken) -> Vec<TableResult> {
+        self.run_tables(tables, cancel, &|_| true).await
+    }
+
+    async fn run_tables(
+        &self,
+        tables: &[TableConfig],
+        cancel: &CancellationToken,
+        sweep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<TableResult> {
         if let Err(e) = self.store.recover_stale_runs(self.stale_run_timeout).await {
             tracing::warn!(error = %e, "could not recover stale runs");
         }
         futures::stream::iter(tables)
-            .map(|t| async move { (t.name().to_owned(), self.run_once_cancellable(t, cancel).await) })
+            .map(|t| async move {
+                (
+                    t.name().to_owned(),
+                    self.run_traced(t, cancel, sweep(t.name())).await,
+                )
+            })
             .buffer_unordered(self.concurrency)
             .collect()
             .await
@@ -399,6 +442,7 @@ impl Offloader {
     {
         let mut cycles = 0;
         let mut last_cleanup: Option<Instant> = None;
+        let mut last_sweep: HashMap<String, Instant> = HashMap::new();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -413,7 +457,27 @@ impl Offloader {
                 self.cleanup(tables).await;
                 last_cleanup = Some(Instant::now());
             }
-            let results = self.run_all(tables, shutdown).await;
+            let now = Instant::now();
+            let due: Vec<String> = tables
+                .iter()
+                .map(|t| t.name())
+                .filter(|name| {
+                    last_sweep
+                        .get(*name)
+                        .is_none_or(|t| now - *t >= self.sweep_interval)
+                })
+                .map(str::to_owned)
+                .collect();
+            let results = self
+                .run_tables(tables, shutdown, &|name| due.iter().any(|d| d == name))
+                .await;
+            for (name, result) in &results {
+                // A sweep that ran (clean or not) restarts the table's interval;
+                // a failed run sweeps again next cycle.
+                if result.as_ref().is_ok_and(|s| s.sweep.is_some()) {
+                    last_sweep.insert(name.clone(), now);
+                }
+            }
             cycles += 1;
             on_cycle(&results);
         }
@@ -443,6 +507,7 @@ impl Offloader {
         table: &TableConfig,
         run_id: RunId,
         cancel: &CancellationToken,
+        sweep: bool,
     ) -> Result<RunSummary, Error> {
         let started = Instant::now();
         let name = table.name();
@@ -459,7 +524,10 @@ impl Offloader {
         };
         let heartbeat = Heartbeat::start(self.store.clone(), lease.clone(), self.lease_ttl);
         let result = match self.store.record_run(&lease, RunEvent::Started { run_id }).await {
-            Ok(()) => self.run_leased(table, run_id, &heartbeat, cancel, started).await,
+            Ok(()) => {
+                self.run_leased(table, run_id, &heartbeat, cancel, started, sweep)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let lease = heartbeat.lease();
@@ -471,6 +539,9 @@ impl Offloader {
                 metrics::success(name, s.rows, s.bytes, s.files, duration, now);
                 if let Some(w) = s.watermark {
                     metrics::watermark(name, w, now);
+                }
+                if let Some(sw) = &s.sweep {
+                    metrics::sweep(name, sw, now);
                 }
                 tracing::info!(rows = s.rows, files = s.files, ?duration, "run succeeded");
                 RunEvent::Succeeded {
@@ -508,6 +579,7 @@ impl Offloader {
         heartbeat: &Heartbeat,
         cancel: &CancellationToken,
         started: Instant,
+        sweep: bool,
     ) -> Result<RunSummary, Error> {
         let name = table.name();
         // Fresh handles every run, so a schema change upstream is seen now.
@@ -521,7 +593,8 @@ impl Offloader {
         // value read before the sink's can never look ahead of it, even while
         // another engine advances both in between.
         let stored = self.store.load(name).await?.watermark;
-        let committed = sink.committed().await?.map(|c| c.until);
+        let last = sink.committed().await?;
+        let committed = last.as_ref().map(|c| c.until);
         let rolled_forward = stored < committed;
         if stored > committed {
             return Err(Error::StoreAheadOfSink {
@@ -546,7 +619,16 @@ impl Offloader {
             duration: Duration::ZERO,
             watermark: committed,
             rolled_forward,
+            sweep: None,
         };
+        // Late rows first, below what is committed: a failed sweep fails the
+        // run before its window, so nothing committed goes unreported.
+        if let Some(last) = last.as_ref().filter(|_| sweep && !table.late_horizon().is_zero()) {
+            summary.sweep = Some(
+                self.sweep(source.as_ref(), sink.as_ref(), table, last, heartbeat, cancel)
+                    .await?,
+            );
+        }
         let after = committed.unwrap_or(Watermark::MIN);
         let Some(mut until) = source.high_watermark().await? else {
             summary.duration = started.elapsed();
@@ -573,17 +655,7 @@ impl Offloader {
         // Last exit before the point of no return: a lost lease or a shutdown
         // abandons the window with nothing committed. The renewal also makes
         // sure the lease is still ours at this moment, not a third of a TTL ago.
-        let pre_commit = async {
-            if cancel.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            heartbeat.check()?;
-            let renewed = self.store.renew_lease(&heartbeat.lease(), self.lease_ttl).await?;
-            heartbeat.set(renewed);
-            Ok(())
-        }
-        .await;
-        if let Err(e) = pre_commit {
+        if let Err(e) = self.pre_commit(heartbeat, cancel).await {
             discard(staged).await;
             return Err(e);
         }
@@ -633,8 +705,34 @@ impl Offloader {
         heartbeat: &Heartbeat,
         cancel: &CancellationToken,
     ) -> Result<Box<dyn Staged>, Error> {
-        let mut stream = source.read(window).await?;
+        let stream = source.read(window).await?;
         let mut writer = sink.begin(run_id, source.schema()).await?;
+        match self
+            .pump(stream, writer.as_mut(), heartbeat, cancel, &mut |b| Ok(Some(b)))
+            .await
+        {
+            Ok(()) => writer.finish().await,
+            Err(e) => {
+                abort(writer).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves batches from `stream` through `keep` into `writer`. The source is
+    /// polled on its own task so decoding the next batches overlaps encoding
+    /// the current one; the wait for each batch is bounded by the lease
+    /// length; a shutdown or a lost lease stops it.
+    async fn pump(
+        &self,
+        mut stream: crate::BatchStream,
+        writer: &mut dyn crate::StagingWriter,
+        heartbeat: &Heartbeat,
+        cancel: &CancellationToken,
+        keep: &mut (
+                 dyn FnMut(arrow_array::RecordBatch) -> Result<Option<arrow_array::RecordBatch>, Error> + Send
+             ),
+    ) -> Result<(), Error> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(self.pipeline_depth);
         let reader = AbortOnDrop(tokio::spawn(async move {
             while let Some(item) = stream.next().await {
@@ -656,7 +754,11 @@ impl Offloader {
                 match item {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e),
-                    Some(Ok(batch)) => writer.write(batch).await?,
+                    Some(Ok(batch)) => {
+                        if let Some(batch) = keep(batch)? {
+                            writer.write(batch).await?;
+                        }
+                    }
                 }
             }
         };
@@ -667,15 +769,20 @@ impl Offloader {
             r = pump => r,
         };
         drop(reader);
-        match outcome {
-            Ok(()) => writer.finish().await,
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(error = %abort, "could not abort staging; orphans left for cleanup");
-                }
-                Err(e)
-            }
+        outcome
+    }
+
+    /// Last exit before the point of no return: a lost lease or a shutdown
+    /// abandons the staged rows with nothing committed. The renewal also makes
+    /// sure the lease is still ours at this moment, not a third of a TTL ago.
+    async fn pre_commit(&self, heartbeat: &Heartbeat, cancel: &CancellationToken) -> Result<(), Error> {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
         }
+        heartbeat.check()?;
+        let renewed = self.store.renew_lease(&heartbeat.lease(), self.lease_ttl).await?;
+        heartbeat.set(renewed);
+        Ok(())
     }
 
     /// The one retry loop the engine keeps: a commit may be retried only once
@@ -686,10 +793,20 @@ impl Offloader {
         staged: &dyn Staged,
         meta: &CommitMetadata,
     ) -> CommitOutcome {
+        self.commit_with(sink, meta.run_id, || staged.commit(meta)).await
+    }
+
+    /// [`commit`](Self::commit) for any kind of commit (`attempt`) made by `run_id`.
+    async fn commit_with<'a, F, Fut>(&self, sink: &dyn SinkTable, run_id: RunId, attempt: F) -> CommitOutcome
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), Error>> + 'a,
+    {
+        let attempt = &attempt;
         let attempts = self
             .retry
             .retry("sink.commit", || async move {
-                match commit_once(sink, staged, meta).await {
+                match commit_once(sink, run_id, attempt()).await {
                     CommitOutcome::NotCommitted(e) if e.is_retryable() => Err(e),
                     other => Ok(other),
                 }
@@ -700,8 +817,12 @@ impl Offloader {
 }
 
 /// One commit attempt, its outcome resolved with the sink when in doubt.
-async fn commit_once(sink: &dyn SinkTable, staged: &dyn Staged, meta: &CommitMetadata) -> CommitOutcome {
-    let err = match staged.commit(meta).await {
+async fn commit_once(
+    sink: &dyn SinkTable,
+    run_id: RunId,
+    attempt: impl std::future::Future<Output = Result<(), Error>>,
+) -> CommitOutcome {
+    let err = match attempt.await {
         Ok(()) => return CommitOutcome::Committed,
         Err(e) => e,
     };
@@ -709,12 +830,12 @@ async fn commit_once(sink: &dyn SinkTable, staged: &dyn Staged, meta: &CommitMet
     // landing: ask the sink before anything else.
     if !matches!(
         err,
-        Error::CommitOutcomeUnknown { .. } | Error::CommitConflict { .. }
+        Error::CommitOutcomeUnknown { .. } | Error::CommitConflict { .. } | Error::RepairConflict { .. }
     ) {
         return CommitOutcome::NotCommitted(err);
     }
     tracing::warn!(error = %err, "resolving commit outcome");
-    match sink.was_committed(meta.run_id).await {
+    match sink.was_committed(run_id).await {
         Ok(true) => CommitOutcome::Committed,
         Ok(false) => match err {
             // Resolved: it did not land. Say so rather than "unknown", and
@@ -729,6 +850,12 @@ async fn commit_once(sink: &dyn SinkTable, staged: &dyn Staged, meta: &CommitMet
             tracing::error!(error = %resolve, "commit outcome stays unknown");
             CommitOutcome::InDoubt(err)
         }
+    }
+}
+
+async fn abort(writer: Box<dyn crate::StagingWriter>) {
+    if let Err(e) = writer.abort().await {
+        tracing::warn!(error = %e, "could not abort staging; orphans left for cleanup");
     }
 }
 
