@@ -35,11 +35,7 @@ pub mod source;
 use std::future::Future;
 use std::pin::Pin;
 
-use arrow_array::{
-    Array, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray, TimestampMillisecondArray,
-    TimestampNanosecondArray, TimestampSecondArray, UInt32Array, UInt64Array,
-};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_array::RecordBatch;
 
 use crate::{Error, TableConfig};
 
@@ -138,88 +134,11 @@ pub(crate) fn ok<T>(r: Result<T, Error>, what: &str) -> T {
 /// assert_eq!(positions(&t, &batch).unwrap(), vec![(5, 2)]);
 /// ```
 pub fn positions(table: &TableConfig, batch: &RecordBatch) -> Result<Vec<(i64, u64)>, String> {
-    let col = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| {
-            format!(
-                "batch has no column {name:?}; columns: {:?}",
-                batch.schema().fields()
-            )
+    crate::batch_positions(batch, table.timestamp_column(), table.sequence_column())
+        .map(|v| {
+            v.into_iter()
+                .map(|p| (p.timestamp_micros(), p.sequence()))
+                .collect()
         })
-    };
-    let ts = col(table.timestamp_column())?;
-    let seq = col(table.sequence_column())?;
-    if ts.null_count() + seq.null_count() > 0 {
-        return Err("watermark columns must not hold nulls".into());
-    }
-    let n = batch.num_rows();
-    let ts: Vec<i64> = match ts.data_type() {
-        DataType::Timestamp(unit, _) => {
-            let any = ts.as_any();
-            match unit {
-                TimeUnit::Second => {
-                    values::<TimestampSecondArray>(any).map(|v| v.iter().map(|s| s * 1_000_000).collect())
-                }
-                TimeUnit::Millisecond => {
-                    values::<TimestampMillisecondArray>(any).map(|v| v.iter().map(|s| s * 1_000).collect())
-                }
-                TimeUnit::Microsecond => values::<TimestampMicrosecondArray>(any),
-                TimeUnit::Nanosecond => values::<TimestampNanosecondArray>(any)
-                    .map(|v| v.iter().map(|s| s.div_euclid(1_000)).collect()),
-            }
-        }
-        DataType::Int64 => values::<Int64Array>(ts.as_any()),
-        other => return Err(format!("timestamp column has unsupported type {other}")),
-    }
-    .ok_or("timestamp column does not match its declared type")?;
-    let seq: Vec<u64> = match seq.data_type() {
-        DataType::UInt64 => values::<UInt64Array>(seq.as_any()),
-        DataType::UInt32 => {
-            values::<UInt32Array>(seq.as_any()).map(|v| v.into_iter().map(u64::from).collect())
-        }
-        DataType::Int64 => {
-            values::<Int64Array>(seq.as_any()).map(|v| v.into_iter().map(|s| s as u64).collect())
-        }
-        DataType::Int32 => {
-            values::<Int32Array>(seq.as_any()).map(|v| v.into_iter().map(|s| s as u64).collect())
-        }
-        other => return Err(format!("sequence column has unsupported type {other}")),
-    }
-    .ok_or("sequence column does not match its declared type")?;
-    debug_assert_eq!((ts.len(), seq.len()), (n, n));
-    Ok(ts.into_iter().zip(seq).collect())
+        .map_err(|e| e.to_string())
 }
-
-fn values<A>(any: &dyn std::any::Any) -> Option<Vec<<A as ValuesOf>::Native>>
-where
-    A: ValuesOf + 'static,
-{
-    any.downcast_ref::<A>().map(|a| a.to_vec())
-}
-
-/// Primitive arrays whose values can be copied out.
-trait ValuesOf {
-    type Native;
-    fn to_vec(&self) -> Vec<Self::Native>;
-}
-
-macro_rules! values_of {
-    ($($a:ty => $n:ty),*) => {$(
-        impl ValuesOf for $a {
-            type Native = $n;
-            fn to_vec(&self) -> Vec<$n> {
-                self.values().to_vec()
-            }
-        }
-    )*};
-}
-
-values_of!(
-    TimestampSecondArray => i64,
-    TimestampMillisecondArray => i64,
-    TimestampMicrosecondArray => i64,
-    TimestampNanosecondArray => i64,
-    Int64Array => i64,
-    Int32Array => i32,
-    UInt64Array => u64,
-    UInt32Array => u32
-);

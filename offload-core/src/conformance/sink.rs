@@ -26,7 +26,10 @@ use async_trait::async_trait;
 
 use super::{CheckFn, CheckResult, assert_passed, ok};
 use crate::memory::MemorySink;
-use crate::{CommitMetadata, Error, RunId, Sink, SinkTable, Staged, TableConfig, Watermark, Window};
+use crate::{
+    BucketGrid, CommitMetadata, Error, RepairMetadata, RunId, Sink, SinkTable, SinkVersion, Staged,
+    TableConfig, Watermark, Window,
+};
 
 /// How the suite drives a sink implementation.
 #[async_trait]
@@ -129,6 +132,9 @@ macro_rules! __sink_conformance_checks {
             committed_survives_reopening,
             racing_commits_have_one_winner,
             cleanup_never_deletes_committed_rows,
+            positions_and_counts_describe_committed_rows,
+            repair_is_fenced_on_the_version,
+            racing_repairs_have_one_winner,
         }
     };
 }
@@ -578,4 +584,202 @@ pub async fn cleanup_never_deletes_committed_rows(fx: SharedSinkFixture) {
     let mut want = rows_at(1, 5);
     want.extend(rows_at(3, 2));
     assert_eq!(t.rows().await, sorted(want));
+}
+
+fn repair(base: SinkVersion, watermark: Watermark, run_id: RunId, rows: u64) -> RepairMetadata {
+    RepairMetadata::new(base, watermark, run_id, "conformance", 1, Vec::new(), rows)
+}
+
+async fn version(t: &Table) -> SinkVersion {
+    ok(t.handle.committed().await, "committed")
+        .expect("a committed window")
+        .version
+}
+
+#[track_caller]
+fn expect_repair_conflict(r: Result<(), Error>, what: &str) {
+    match r {
+        Err(Error::RepairConflict { .. }) => {}
+        other => panic!("{what}: expected Error::RepairConflict, got {other:?}"),
+    }
+}
+
+/// Contract 4 (SinkTable): `positions` lists exactly the committed rows of a
+/// window (cut inside one timestamp too), and `bucket_counts` counts them per
+/// bucket, also on grids whose watermark lies below the committed one.
+pub async fn positions_and_counts_describe_committed_rows(fx: SharedSinkFixture) {
+    let t = Table::new(&fx, "positions").await;
+    let mut all = Vec::new();
+    let mut after = Watermark::MIN;
+    // Three windows; rows every 100 ms, several per timestamp, one on an edge.
+    for w in 0..3i64 {
+        let mut rows = Vec::new();
+        for k in 0..10 {
+            let ms = w * 1_000 + k * 100;
+            rows.extend((1..=(k as u64 % 3 + 1)).map(|s| (T0 + ms * 1_000, s)));
+        }
+        if w == 1 {
+            rows.push((T0 + 2_000 * 1_000 - 1, 4));
+        }
+        let until = rows.iter().map(|&(ts, s)| Watermark::new(ts, s)).max().unwrap();
+        let staged = t.stage(&rows).await;
+        ok(
+            staged.commit(&meta(after, until, staged.stats().run_id)).await,
+            "commit",
+        );
+        all.extend(rows);
+        after = until;
+    }
+    let windows = [
+        Window::new(Watermark::MIN, after).unwrap(),
+        Window::new(wm(100, 1), wm(1_500, 1)).unwrap(),
+        Window::new(wm(999, u64::MAX), wm(2_000, 0)).unwrap(),
+        Window::new(wm(1_900, 1), wm(1_900, 2)).unwrap(),
+        Window::new(after, Watermark::new(i64::MAX, 0)).unwrap(),
+    ];
+    for window in windows {
+        let mut got: Vec<(i64, u64)> = ok(t.handle.positions(window).await, "positions")
+            .into_iter()
+            .map(|p| (p.timestamp_micros(), p.sequence()))
+            .collect();
+        got.sort_unstable();
+        let want = sorted(
+            all.iter()
+                .copied()
+                .filter(|&(ts, s)| window.contains(Watermark::new(ts, s)))
+                .collect(),
+        );
+        assert_eq!(got, want, "positions({window})");
+    }
+    let untils = [after, wm(1_500, 1), wm(1_999, 0), wm(2_000, 0)];
+    for until in untils {
+        for width in [1_000_000u64, 300_000, 250_000, 60_000_000] {
+            let grid = ok(
+                BucketGrid::covering(T0 - 5_000_000, until, std::time::Duration::from_micros(width)),
+                "grid",
+            );
+            let got = ok(t.handle.bucket_counts(&grid).await, "bucket_counts");
+            let want = grid.histogram(all.iter().map(|&(ts, s)| Watermark::new(ts, s)));
+            assert_eq!(got, want, "bucket_counts over {grid:?}");
+        }
+    }
+}
+
+/// Contract (Staged::commit_repair): a repair adds its rows atomically and
+/// keeps the committed watermark; it is refused (RepairConflict, nothing
+/// changed) unless the table is at the repair's base version, so a retried or
+/// stale repair never adds a row twice; the version changes with every
+/// commit; the next window still commits.
+pub async fn repair_is_fenced_on_the_version(fx: SharedSinkFixture) {
+    let t = Table::new(&fx, "repair").await;
+    let first = rows_at(5, 3);
+    let a = t.stage(&first).await;
+    ok(
+        a.commit(&meta(Watermark::MIN, wm(5, 3), a.stats().run_id)).await,
+        "commit",
+    );
+    let v0 = version(&t).await;
+
+    // Late rows: below the watermark, at its timestamp with a smaller
+    // sequence, and earlier.
+    let late = vec![(T0 + 5_000, 0), (T0 + 2_000, 7), (T0 + 1_000, 1)];
+    let r = t.stage(&late).await;
+    let run = r.stats().run_id;
+    assert!(
+        t.rows().await.len() == first.len(),
+        "a staged repair is invisible"
+    );
+    let m = repair(v0.clone(), wm(5, 3), run, late.len() as u64);
+    ok(r.commit_repair(&m).await, "commit_repair");
+    let mut want = first.clone();
+    want.extend(late.iter().copied());
+    assert_eq!(t.rows().await, sorted(want.clone()), "the repaired rows, once");
+    assert_eq!(
+        t.committed().await,
+        Some(wm(5, 3)),
+        "a repair keeps the committed watermark"
+    );
+    let v1 = version(&t).await;
+    assert_ne!(v1, v0, "a repair changes the version");
+    assert!(
+        ok(t.handle.was_committed(run).await, "was_committed"),
+        "the repair's run"
+    );
+
+    expect_repair_conflict(r.commit_repair(&m).await, "the same repair again");
+    let stale = t.stage(&[(T0 + 3_000, 1)]).await;
+    let sm = repair(v0.clone(), wm(5, 3), stale.stats().run_id, 1);
+    expect_repair_conflict(stale.commit_repair(&sm).await, "a repair on a stale version");
+    assert_eq!(
+        t.rows().await,
+        sorted(want.clone()),
+        "refused repairs change nothing"
+    );
+    assert!(
+        r.discard().await.is_err(),
+        "discarding a committed repair must be refused"
+    );
+
+    let b = t.stage(&rows_at(6, 2)).await;
+    ok(
+        b.commit(&meta(wm(5, 3), wm(6, 2), b.stats().run_id)).await,
+        "the next window after a repair",
+    );
+    assert_ne!(version(&t).await, v1, "a window commit changes the version");
+    let old = t.stage(&[(T0 + 4_000, 1)]).await;
+    let om = repair(v1, wm(5, 3), old.stats().run_id, 1);
+    expect_repair_conflict(
+        old.commit_repair(&om).await,
+        "a repair computed before the last window",
+    );
+    want.extend(rows_at(6, 2));
+    assert_eq!(t.rows().await, sorted(want));
+    assert_eq!(t.committed().await, Some(wm(6, 2)));
+}
+
+/// Of several repairs computed against the same version, exactly one lands.
+pub async fn racing_repairs_have_one_winner(fx: SharedSinkFixture) {
+    let t = Table::new(&fx, "repair_race").await;
+    let a = t.stage(&rows_at(9, 2)).await;
+    ok(
+        a.commit(&meta(Watermark::MIN, wm(9, 2), a.stats().run_id)).await,
+        "commit",
+    );
+    let base = version(&t).await;
+    let mut contenders = Vec::new();
+    for racer in 0..RACERS {
+        let rows = vec![(T0 + 1_000, racer as u64 + 1)];
+        contenders.push((rows.clone(), t.stage(&rows).await));
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = contenders
+        .into_iter()
+        .map(|(rows, staged)| {
+            let barrier = barrier.clone();
+            let m = repair(base.clone(), wm(9, 2), staged.stats().run_id, 1);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (rows, staged.commit_repair(&m).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (rows, r) = task.await.expect("repair task");
+        match r {
+            Ok(()) => winners.push(rows),
+            Err(Error::RepairConflict { .. }) => {}
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("a losing repair must be a conflict, got {e}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {RACERS} racing repairs must win"
+    );
+    let mut want = rows_at(9, 2);
+    want.extend(winners.pop().unwrap());
+    assert_eq!(t.rows().await, sorted(want), "only the winner's rows");
+    assert_eq!(t.committed().await, Some(wm(9, 2)));
 }

@@ -30,7 +30,10 @@ use futures::StreamExt;
 
 use super::{CheckFn, CheckResult, assert_passed, ok, positions, run_checks};
 use crate::memory::MemorySource;
-use crate::{Error, ManualClock, Source, SourceTable, TableConfig, Watermark, Window, system_time_to_micros};
+use crate::{
+    BucketGrid, Error, ManualClock, Source, SourceTable, TableConfig, Watermark, Window,
+    system_time_to_micros,
+};
 
 /// What a check asks of a fresh table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +156,7 @@ macro_rules! __source_conformance_checks {
             empty_windows_yield_nothing,
             reads_stream_in_batches,
             schema_is_stable,
+            bucket_counts_agree_with_reads,
         }
     };
 }
@@ -526,4 +530,65 @@ pub async fn schema_is_stable(fx: SharedSourceFixture) {
     )
     .await;
     assert_eq!(r.rows.len(), 1);
+}
+
+/// Contract 5: `bucket_counts` counts exactly the rows `read` yields per
+/// bucket: at bucket edges, at the grid's watermark inside one timestamp
+/// (smaller and larger sequences), before the epoch, on split grids.
+pub async fn bucket_counts_agree_with_reads(fx: SharedSourceFixture) {
+    let (table, now) = setup(&fx, "bucket_counts", 7).await;
+    let base = old_base(now);
+    let mut all: Vec<(i64, u64)> = Vec::new();
+    // Rows every 250 ms over 10 s, several per timestamp, some on whole seconds.
+    for k in 0..40i64 {
+        for s in 1..=(k as u64 % 3 + 1) {
+            all.push((base + k * 250 * MS, s));
+        }
+    }
+    // Edge rows: the last microsecond of a second, and the first of the next.
+    all.push((base + 3_000 * MS - 1, 9));
+    all.push((base + 3_000 * MS, 9));
+    // Before the epoch.
+    all.extend([(-1_500_000, 1), (-1, 2), (0, 3)]);
+    ok(fx.insert(&table, &all).await, "insert");
+    let handle = open(&fx, &table).await;
+    let until_cases = [
+        wm(base + 9_750 * MS, u64::MAX),
+        wm(base + 5_000 * MS, 1),
+        wm(base + 3_000 * MS - 1, 8),
+    ];
+    for until in until_cases {
+        for width in [
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            Duration::from_secs(60),
+        ] {
+            let grid = ok(BucketGrid::covering(base - 2_000 * MS, until, width), "grid");
+            check_counts(&handle, &grid, &all).await;
+            if let Some(sub) = grid.split(grid.len() - 1, 4) {
+                check_counts(&handle, &sub, &all).await;
+            }
+        }
+    }
+    let grid = ok(
+        BucketGrid::covering(-2_000_000, wm(0, 3), Duration::from_millis(700)),
+        "grid",
+    );
+    check_counts(&handle, &grid, &all).await;
+}
+
+async fn check_counts(handle: &Arc<dyn SourceTable>, grid: &BucketGrid, all: &[(i64, u64)]) {
+    let got = ok(handle.bucket_counts(grid).await, "bucket_counts");
+    let want = grid.histogram(all.iter().map(|&(t, s)| wm(t, s)));
+    assert_eq!(got, want, "bucket_counts over {grid:?}");
+    // And each figure is what reading the bucket yields (on small grids: a
+    // read per bucket).
+    for i in (0..grid.len()).filter(|_| grid.len() <= 12) {
+        let n = read(handle, grid.bucket(i)).await.rows.len() as u64;
+        assert_eq!(
+            got[i], n,
+            "bucket {i} of {grid:?}: counted {} but read {n}",
+            got[i]
+        );
+    }
 }

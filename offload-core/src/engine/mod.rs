@@ -117,6 +117,7 @@ pub struct Offloader {
     pipeline_depth: usize,
     cleanup_interval: Option<Duration>,
     sweep_interval: Duration,
+    sweep_diff_rows: u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -178,6 +179,13 @@ impl OffloaderBuilder {
         self.inner.sweep_interval = every;
         self
     }
+    /// The most keys the sweep holds in memory for one bucket (default 262,144,
+    /// 4 MiB): a bucket whose counts disagree and that holds more rows is cut
+    /// into 16 parts and recounted until its parts fit.
+    pub fn sweep_diff_rows(mut self, rows: u64) -> Self {
+        self.inner.sweep_diff_rows = rows;
+        self
+    }
     /// Clock used for lag metrics (default the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.inner.clock = clock;
@@ -231,6 +239,9 @@ impl OffloaderBuilder {
         }
         if e.concurrency == 0 {
             return bad("concurrency", "must be at least 1");
+        }
+        if e.sweep_diff_rows == 0 {
+            return bad("sweep_diff_rows", "must be at least 1");
         }
         if e.pipeline_depth == 0 {
             return bad("pipeline_depth", "must be at least 1");
@@ -354,6 +365,7 @@ impl Offloader {
                 pipeline_depth: 4,
                 cleanup_interval: Some(Duration::from_secs(3600)),
                 sweep_interval: Duration::from_secs(60),
+                sweep_diff_rows: 1 << 18,
                 clock: Arc::new(SystemClock),
             },
             default_layers: true,

@@ -31,9 +31,6 @@ use crate::{
     SweepSummary, TableConfig, Watermark, Window, batch_positions,
 };
 
-/// A bucket whose sink side holds more rows than this is split before its
-/// keys are diffed, so a sweep's memory stays bounded (16 bytes a key).
-const MAX_DIFF_ROWS: u64 = 1 << 18;
 /// Parts a bucket is split into.
 const SPLIT: usize = 16;
 
@@ -173,7 +170,7 @@ impl Offloader {
     ) -> Result<(), Error> {
         let (ts, seq) = (table.timestamp_column(), table.sequence_column());
         while let Some(p) = queue.pop() {
-            if p.sink.max(p.source) > MAX_DIFF_ROWS
+            if p.sink.max(p.source) > self.sweep_diff_rows
                 && let Some(sub) = p.grid.split(p.index, SPLIT)
             {
                 let (src, dst) = counts(source, sink, &sub).await?;

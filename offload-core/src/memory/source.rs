@@ -51,6 +51,14 @@ impl MemorySource {
             .extend_from_slice(rows);
     }
 
+    /// Keeps only the rows of `table` for which `keep` is true (rows expiring
+    /// upstream, as a TTL deletes them).
+    pub fn retain(&self, table: &str, keep: impl FnMut(&Row) -> bool) {
+        if let Some(rows) = self.tables.lock().expect("source lock").get_mut(table) {
+            rows.retain(keep);
+        }
+    }
+
     /// All rows of `table`, sorted by position.
     pub fn rows(&self, table: &str) -> Vec<Row> {
         let mut rows = self
