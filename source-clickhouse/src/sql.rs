@@ -28,7 +28,7 @@
 //! are decided here (`TRUE`/`FALSE`) instead of being sent as out-of-range
 //! literals; in particular `Watermark::MIN` as the lower bound simply drops it.
 
-use offload_core::{Watermark, Window};
+use offload_core::{BucketGrid, Watermark, Window};
 
 use crate::ident::quote_string;
 use crate::types::ChType;
@@ -316,6 +316,34 @@ impl Positions {
     pub(crate) fn timestamp_at_or_before(&self, micros: i64) -> Cond {
         self.ts_lt(self.ts.lo(i128::from(micros) + 1))
     }
+
+    /// SQL for the index of a row's bucket in `grid`, as an `Int64`:
+    /// `floor((P(T) - start) / width)`, with `P(T)` the row's microsecond
+    /// position rounded down exactly as the decoder rounds it.
+    ///
+    /// Only meaningful for rows inside `grid.span()` (the query's predicate):
+    /// there `P(T) >= start`, so every dividend below is non-negative and
+    /// `intDiv` (which truncates) is the floor. It is computed in `Int128`,
+    /// so no tick count, bound or product overflows:
+    ///
+    /// * `p <= 6`: `P(T) = T * 10^(6-p)`, index `intDiv(T * 10^(6-p) - start, width)`;
+    /// * `p > 6`: `P(T) = floor(T / k)` with `k = 10^(p-6)`, and since
+    ///   `floor((floor(T / k) - s) / w) = floor((T - s*k) / (w*k))` for integers,
+    ///   index `intDiv(T - start*k, width*k)`.
+    pub(crate) fn bucket_index_sql(&self, grid: &BucketGrid) -> String {
+        let ticks = format!("toInt128({})", self.ts.ticks_sql(&self.ts_sql));
+        let int128 = |v: i128| format!("toInt128({})", quote_string(&v.to_string()));
+        let (start, width) = (i128::from(grid.start_micros()), i128::from(grid.width_micros()));
+        let p = self.ts.precision();
+        let (dividend, divisor) = if p <= 6 {
+            let m = 10i128.pow(6 - p);
+            (format!("{ticks} * {m} - {}", int128(start)), width)
+        } else {
+            let k = 10i128.pow(p - 6);
+            (format!("{ticks} - {}", int128(start * k)), width * k)
+        };
+        format!("toInt64(intDiv({dividend}, {}))", int128(divisor))
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +471,24 @@ mod tests {
         let n = pos(NS, U64);
         assert_eq!(n.after(Watermark::new(i64::MIN, 5)), Cond::True);
         assert_eq!(n.at_or_before(Watermark::new(i64::MAX, 5)), Cond::True);
+    }
+
+    #[test]
+    fn bucket_index_floors_in_int128() {
+        let grid = BucketGrid::new(-2, 1, 2, Watermark::new(-1, u64::MAX)).unwrap();
+        // Nanoseconds: (T - start·1000) over (width·1000), no µs value in between.
+        assert_eq!(
+            pos(NS, U64).bucket_index_sql(&grid),
+            "toInt64(intDiv(toInt128(reinterpretAsInt64(`ts`)) - toInt128('-2000'), toInt128('1000')))"
+        );
+        assert_eq!(
+            pos(MS, U64).bucket_index_sql(&grid),
+            "toInt64(intDiv(toInt128(reinterpretAsInt64(`ts`)) * 1000 - toInt128('-2'), toInt128('1')))"
+        );
+        assert_eq!(
+            pos(TimeColumn::DateTime, U64).bucket_index_sql(&grid),
+            "toInt64(intDiv(toInt128(toInt64(`ts`)) * 1000000 - toInt128('-2'), toInt128('1')))"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use clickhouse::Client;
 use futures::StreamExt;
-use offload_core::{BatchStream, Error, SourceTable, TableConfig, Watermark, Window};
+use offload_core::{BatchStream, BucketGrid, Error, SourceTable, TableConfig, Watermark, Window};
 
 use crate::ClickHouseError;
 use crate::columns::{self, Column, ColumnKind, TableColumns};
@@ -189,6 +189,22 @@ impl ClickHouseTable {
         )
     }
 
+    /// The one aggregate [`bucket_counts`](SourceTable::bucket_counts) sends
+    /// for `grid`: the rows of `grid.span()`, selected by exactly the
+    /// predicate (and filter) [`read`](SourceTable::read) uses for that
+    /// window, grouped by bucket index. Returns `(index, count)` rows.
+    ///
+    /// The index expression is repeated in `GROUP BY` rather than aliased: an
+    /// alias would shadow a column of the same name in the configured filter.
+    pub fn bucket_counts_sql(&self, grid: &BucketGrid) -> String {
+        let index = self.positions.bucket_index_sql(grid);
+        format!(
+            "SELECT {index}, count() FROM {} WHERE {} GROUP BY {index}",
+            self.table_sql,
+            self.where_clause(self.positions.window(grid.span()))
+        )
+    }
+
     /// The decoder [`read`](SourceTable::read) uses: the same target schema,
     /// the same conversions, and the table's batch size. For decoding
     /// `ArrowStream` bytes obtained some other way, or for measuring the
@@ -228,6 +244,27 @@ impl ClickHouseTable {
         Ok(row.map(|(ticks, seq)| Watermark::new(p.ts.ticks_to_micros(ticks), seq)))
     }
 
+    async fn bucket_counts_inner(&self, grid: &BucketGrid) -> Result<Vec<u64>, ClickHouseError> {
+        let sql = self.bucket_counts_sql(grid);
+        tracing::debug!(table = self.config.name(), ?grid, sql, "counting buckets");
+        let rows: Vec<(i64, u64)> = self.client.query_raw(&sql).fetch_all().await?;
+        let mut counts = vec![0u64; grid.len()];
+        for (index, count) in rows {
+            // The predicate keeps every row inside the grid, so an index
+            // outside it means the SQL and the grid disagree: refuse to guess.
+            let slot = usize::try_from(index)
+                .ok()
+                .and_then(|i| counts.get_mut(i))
+                .ok_or_else(|| ClickHouseError::ValueOutOfRange {
+                    column: self.config.timestamp_column().to_owned(),
+                    value: format!("bucket index {index}"),
+                    target: format!("a grid of {} buckets", grid.len()),
+                })?;
+            *slot += count;
+        }
+        Ok(counts)
+    }
+
     async fn read_inner(&self, window: Window) -> Result<WindowReader, ClickHouseError> {
         let sql = self.window_sql(window);
         tracing::debug!(table = self.config.name(), %window, sql, "reading window");
@@ -265,5 +302,11 @@ impl SourceTable for ClickHouseTable {
     async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         let reader = self.read_inner(window).await?;
         Ok(reader.into_stream().map(|r| r.map_err(Error::from)).boxed())
+    }
+
+    /// One aggregate query ([`bucket_counts_sql`](ClickHouseTable::bucket_counts_sql))
+    /// instead of reading the span.
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        Ok(self.bucket_counts_inner(grid).await?)
     }
 }
