@@ -72,31 +72,66 @@ impl ColumnType {
 
     /// The fingerprint encoding of the type, or why it has none.
     pub(crate) fn content_kind(&self) -> Result<ContentKind, String> {
-        Ok(match self.base {
-            ChType::Int {
-                bits: 8 | 16 | 32 | 64,
-                ..
-            }
-            | ChType::Bool => ContentKind::Int,
-            ChType::Int { .. } => return Err("integers wider than 64 bits have no exact Iceberg type".into()),
-            ChType::Decimal { precision, scale } if precision <= 38 => ContentKind::Decimal { scale },
-            ChType::Decimal { .. } => return Err("decimals above precision 38 have no Iceberg type".into()),
-            ChType::Float32 | ChType::Float64 | ChType::BFloat16 => ContentKind::Float,
-            // String and FixedString: hashed as stored; Enum, IPv4, IPv6: as
-            // their `toString` text (how they are offloaded).
-            ChType::String | ChType::FixedString(_) | ChType::Enum { .. } | ChType::Ipv4 | ChType::Ipv6 => {
-                ContentKind::String
-            }
-            ChType::DateTime { .. } | ChType::DateTime64 { .. } => ContentKind::Timestamp,
-            ChType::Date | ChType::Date32 => ContentKind::Date,
-            _ => return Err("no fingerprint encoding for this type".into()),
-        })
+        kind_of(&self.base)
     }
+}
 
-    /// Enum, IPv4, IPv6: hashed as their text.
-    fn is_text(&self) -> bool {
-        matches!(self.base, ChType::Enum { .. } | ChType::Ipv4 | ChType::Ipv6)
-    }
+/// The fingerprint encoding of a ClickHouse type (wrappers included), or why
+/// it has none: every type the offload maps has one, nested types recursively.
+fn kind_of(t: &ChType) -> Result<ContentKind, String> {
+    Ok(match t.base() {
+        // Int128/Int256 and their unsigned twins are offloaded as decimal(38, 0)
+        // (a value beyond fails the read), so what Iceberg holds fits an i128.
+        ChType::Int {
+            bits: 8 | 16 | 32 | 64 | 128 | 256,
+            ..
+        }
+        | ChType::Bool => ContentKind::Int,
+        // Decimal(P > 38, S) is offloaded as decimal(38, S), checked, likewise.
+        ChType::Decimal { scale, .. } if *scale <= 38 => ContentKind::Decimal { scale: *scale },
+        ChType::Decimal { .. } => {
+            return Err("decimals with more than 38 fractional digits are not offloaded".into());
+        }
+        ChType::Float32 | ChType::Float64 | ChType::BFloat16 => ContentKind::Float,
+        // String and FixedString: hashed as stored; Enum, IPv4, IPv6: as
+        // their `toString` text (how they are offloaded); UUID: its 16 bytes
+        // in RFC 4122 order (the offload's `arrow.uuid`, Iceberg's `uuid`).
+        ChType::String
+        | ChType::FixedString(_)
+        | ChType::Enum { .. }
+        | ChType::Ipv4
+        | ChType::Ipv6
+        | ChType::Uuid => ContentKind::String,
+        ChType::DateTime { .. } | ChType::DateTime64 { .. } => ContentKind::Timestamp,
+        ChType::Date | ChType::Date32 => ContentKind::Date,
+        ChType::Array(e) => ContentKind::Array {
+            element: Box::new(kind_of(e).map_err(|r| format!("array element: {r}"))?),
+        },
+        ChType::Nested(fields) => ContentKind::Array {
+            element: Box::new(ContentKind::Tuple {
+                fields: fields
+                    .iter()
+                    .map(|(n, t)| kind_of(t).map_err(|r| format!("nested field {n}: {r}")))
+                    .collect::<Result<_, _>>()?,
+            }),
+        },
+        ChType::Map(k, v) => ContentKind::Map {
+            key: Box::new(kind_of(k).map_err(|r| format!("map key: {r}"))?),
+            value: Box::new(kind_of(v).map_err(|r| format!("map value: {r}"))?),
+        },
+        ChType::Tuple(fields) => ContentKind::Tuple {
+            fields: fields
+                .iter()
+                .enumerate()
+                .map(|(i, (_, t))| kind_of(t).map_err(|r| format!("tuple field {}: {r}", i + 1)))
+                .collect::<Result<_, _>>()?,
+        },
+        ChType::Int { bits, .. } => return Err(format!("no {bits}-bit integer type")),
+        ChType::Unsupported(text) => {
+            return Err(format!("{text} is not offloaded, so there is nothing to compare"));
+        }
+        _ => return Err("no fingerprint encoding for this type".into()),
+    })
 }
 
 pub(crate) use offload_source_clickhouse::ident::quote_identifier as quote_ident;
@@ -147,7 +182,7 @@ pub(crate) type ChFigures = BTreeMap<(i64, bool), Figures>;
 impl ChPlan {
     /// `Int64` microseconds since the epoch, floored, of the timestamp column.
     fn ts_us(&self) -> Result<String, Error> {
-        ts_micros_sql(&quote_ident(&self.ts.0), &self.ts.1).ok_or_else(|| Error::UnsupportedColumn {
+        ts_micros_sql(&quote_ident(&self.ts.0), &self.ts.1.base).ok_or_else(|| Error::UnsupportedColumn {
             column: self.ts.0.clone(),
             type_name: self.ts.1.text.clone(),
             role: "timestamp",
@@ -200,8 +235,8 @@ impl ChPlan {
 
     fn row_hash_sql(&self) -> String {
         let mut parts = vec![Self::key_bytes_sql().to_owned()];
-        for (name, ty, kind) in &self.content {
-            parts.push(encode_sql(&quote_ident(name), ty, *kind));
+        for (name, ty, _) in &self.content {
+            parts.push(encode_sql(&quote_ident(name), ty));
         }
         format!("xxHash64(concat({}))", parts.join(", "))
     }
@@ -242,7 +277,7 @@ impl ChPlan {
             ));
             cols.push(format!("sumWithOverflow({})", self.row_hash_sql()));
             for (name, ty, kind) in &self.sums {
-                cols.push(sum_sql(&quote_ident(name), ty, *kind));
+                cols.push(sum_sql(&quote_ident(name), ty, kind));
             }
         } else if let Some((p, o)) = &self.kafka_columns {
             // Counting offsets is cheap and exact; keep it even in counts-only mode.
@@ -359,9 +394,9 @@ impl ChPlan {
 }
 
 /// `Int64` µs (floored) of a timestamp column expression.
-pub(crate) fn ts_micros_sql(c: &str, ty: &ColumnType) -> Option<String> {
-    match ty.base {
-        ChType::DateTime64 { precision, .. } if precision <= 6 => {
+pub(crate) fn ts_micros_sql(c: &str, ty: &ChType) -> Option<String> {
+    match ty.base() {
+        ChType::DateTime64 { precision, .. } if *precision <= 6 => {
             Some(format!("toUnixTimestamp64Micro({c})"))
         }
         // toUnixTimestamp64Micro truncates towards zero; the offload engine
@@ -374,43 +409,97 @@ pub(crate) fn ts_micros_sql(c: &str, ty: &ColumnType) -> Option<String> {
     }
 }
 
-/// The `enc(v)` bytes of the fingerprint definition for one column.
-pub(crate) fn encode_sql(c: &str, ty: &ColumnType, kind: ContentKind) -> String {
-    let v = if ty.nullable {
-        format!("assumeNotNull({c})")
+/// The `enc(v)` bytes of the fingerprint definition for one column, as
+/// arguments of `concat`.
+pub(crate) fn encode_sql(c: &str, ty: &ColumnType) -> String {
+    let t = if ty.nullable {
+        ChType::Nullable(Box::new(ty.base.clone()))
     } else {
-        c.to_owned()
+        ty.base.clone()
     };
-    let payload = match kind {
-        ContentKind::Int => format!("reinterpretAsFixedString(toInt128({v}))"),
-        ContentKind::Decimal { scale } => {
+    enc_sql(c, &t, 0)
+}
+
+/// `enc(v)` of the value expression `v` of type `t` (wrappers included), as
+/// arguments of `concat`. `depth` names the lambda variables of nested
+/// arrays and maps apart.
+fn enc_sql(v: &str, t: &ChType, depth: usize) -> String {
+    if t.is_nullable() {
+        let payload = payload_sql(&format!("assumeNotNull({v})"), t.base(), depth);
+        format!("if(isNull({v}), char(0), concat(char(1), {payload}))")
+    } else {
+        format!("char(1), {}", payload_sql(v, t.base(), depth))
+    }
+}
+
+/// `payload(v)` of a value of the (unwrapped) type `t`, as arguments of
+/// `concat`: the same bytes as `RowHasher` produces in Rust.
+fn payload_sql(v: &str, t: &ChType, depth: usize) -> String {
+    // A String of its arguments' bytes, for arrayStringConcat and arraySort
+    // (concat of FixedStrings keeps their zero padding).
+    let string = |parts: String| format!("concat('', {parts})");
+    let count = |n: String| format!("reinterpretAsFixedString(toUInt64({n}))");
+    match t {
+        ChType::Int { .. } | ChType::Bool => format!("reinterpretAsFixedString(toInt128({v}))"),
+        ChType::Decimal { precision, scale } if *precision <= 38 => {
             format!("reinterpretAsFixedString(reinterpret(toDecimal128({v}, {scale}), 'Int128'))")
         }
-        ContentKind::Float => format!("reinterpretAsFixedString(toFloat64({v}))"),
-        ContentKind::String => {
-            // FixedString keeps its zero padding (a CAST to String would strip it).
-            let s = if ty.is_text() {
-                format!("toString({v})")
-            } else {
-                v.clone()
-            };
-            format!("reinterpretAsFixedString(toUInt64(length({s}))), {s}")
+        // Wider decimals: the unscaled Int256, of which Iceberg holds only
+        // values that fit decimal(38, S), hence an i128.
+        ChType::Decimal { scale, .. } => {
+            format!("reinterpretAsFixedString(toInt128(reinterpret(toDecimal256({v}, {scale}), 'Int256')))")
         }
-        ContentKind::Timestamp => {
-            let us = ts_micros_sql(&v, ty).unwrap_or_else(|| format!("toInt64({v})"));
+        ChType::Float32 | ChType::Float64 | ChType::BFloat16 => {
+            format!("reinterpretAsFixedString(toFloat64({v}))")
+        }
+        // FixedString keeps its zero padding (a CAST to String would strip it);
+        // `length` counts bytes.
+        ChType::String | ChType::FixedString(_) => format!("{}, {v}", count(format!("length({v})"))),
+        ChType::Enum { .. } | ChType::Ipv4 | ChType::Ipv6 => {
+            format!("{}, toString({v})", count(format!("length(toString({v}))")))
+        }
+        ChType::Uuid => format!("{}, UUIDStringToNum(toString({v}))", count("16".into())),
+        ChType::DateTime { .. } | ChType::DateTime64 { .. } => {
+            let us = ts_micros_sql(v, t).unwrap_or_else(|| format!("toInt64({v})"));
             format!("reinterpretAsFixedString(toInt64({us}))")
         }
-        ContentKind::Date => format!("reinterpretAsFixedString(toInt32({v}))"),
-    };
-    if ty.nullable {
-        format!("if(isNull({c}), char(0), concat(char(1), {payload}))")
-    } else {
-        format!("char(1), {payload}")
+        ChType::Date | ChType::Date32 => format!("reinterpretAsFixedString(toInt32({v}))"),
+        ChType::Array(e) => {
+            let x = format!("__rk_e{depth}");
+            format!(
+                "{}, arrayStringConcat(arrayMap({x} -> {}, {v}))",
+                count(format!("length({v})")),
+                string(enc_sql(&x, e, depth + 1))
+            )
+        }
+        ChType::Nested(fields) => {
+            let tuple = ChType::Tuple(fields.iter().map(|(n, t)| (Some(n.clone()), t.clone())).collect());
+            payload_sql(v, &ChType::Array(Box::new(tuple)), depth)
+        }
+        ChType::Map(k, val) => {
+            let (xk, xv) = (format!("__rk_k{depth}"), format!("__rk_v{depth}"));
+            format!(
+                "{}, arrayStringConcat(arraySort(arrayMap(({xk}, {xv}) -> concat({}, {}), mapKeys({v}), mapValues({v}))))",
+                count(format!("length({v})")),
+                enc_sql(&xk, k, depth + 1),
+                enc_sql(&xv, val, depth + 1)
+            )
+        }
+        ChType::Tuple(fields) if fields.is_empty() => "''".into(),
+        ChType::Tuple(fields) => fields
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ft))| enc_sql(&format!("tupleElement({v}, {})", i + 1), ft, depth))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ChType::Nullable(_) | ChType::LowCardinality(_) => payload_sql(v, t.base(), depth),
+        // No kind (see `kind_of`): never part of the content columns.
+        _ => "''".into(),
     }
 }
 
 /// Exact sum of one column as the text of its unscaled integer.
-fn sum_sql(c: &str, _ty: &ColumnType, kind: ContentKind) -> String {
+fn sum_sql(c: &str, _ty: &ColumnType, kind: &ContentKind) -> String {
     match kind {
         ContentKind::Decimal { scale } => {
             format!("toString(reinterpret(sum(toDecimal256({c}, {scale})), 'Int256'))")
@@ -718,18 +807,46 @@ mod tests {
             }
         );
         assert_eq!(ty("Enum8('a' = 1)").content_kind().unwrap(), ContentKind::String);
-        assert!(ty("Enum8('a' = 1)").is_text() && ty("IPv6").is_text() && !ty("FixedString(3)").is_text());
+        // Every type the offload maps has an encoding, nested ones recursively.
+        for (text, kind) in [
+            ("UUID", "string"),
+            ("Int256", "int"),
+            ("UInt128", "int"),
+            ("Decimal256(2)", "decimal(2)"),
+            ("Array(Nullable(Int32))", "array(int)"),
+            ("Array(Array(LowCardinality(String)))", "array(array(string))"),
+            (
+                "Map(LowCardinality(String), Array(Nullable(Decimal(18, 4))))",
+                "map(string, array(decimal(4)))",
+            ),
+            (
+                "Tuple(a DateTime64(3, 'UTC'), b Date32, IPv4)",
+                "tuple(timestamp, date, string)",
+            ),
+            (
+                "Nested(x Float32, y Enum8('a' = 1))",
+                "array(tuple(float, string))",
+            ),
+            ("Nullable(Tuple(Bool))", "tuple(int)"),
+        ] {
+            assert_eq!(ty(text).content_kind().unwrap().to_string(), kind, "{text}");
+        }
         for bad in [
-            "UUID",
-            "Array(Int32)",
-            "Int256",
-            "Decimal256(2)",
-            "Map(String, String)",
             "JSON",
+            "Array(JSON)",
+            "Map(String, Dynamic)",
+            "Tuple(Int32, Variant(String, UInt8))",
             "Array(Int32", // malformed: no encoding, not a failure
         ] {
-            assert!(ty(bad).content_kind().is_err(), "{bad}");
+            let err = ty(bad).content_kind().unwrap_err();
+            assert!(!err.is_empty(), "{bad}");
         }
+        assert!(
+            ty("Map(String, Dynamic)")
+                .content_kind()
+                .unwrap_err()
+                .starts_with("map value: Dynamic")
+        );
     }
 
     #[test]

@@ -518,13 +518,30 @@ fn decimals(a: &ArrayRef, name: &str, scale: u8) -> Result<Vec<Option<i128>>, Er
         .collect()
 }
 
-/// One content column of a batch, ready to encode row by row.
+/// One content column of a batch (or a nested child array), ready to encode
+/// row by row with the rules of [`ContentKind`].
 enum Content<'a> {
     Int(Vec<Option<i128>>),
     Float(Vec<Option<f64>>),
     Timestamp(Vec<Option<i64>>),
     Date(Vec<Option<i32>>),
     Bytes(&'a dyn Array, fn(&dyn Array, usize) -> &[u8]),
+    /// A list column: `(start, end)` element range of row `i` in `elements`.
+    List {
+        array: &'a dyn Array,
+        offsets: Vec<(usize, usize)>,
+        elements: Box<Content<'a>>,
+    },
+    Map {
+        array: &'a dyn Array,
+        offsets: Vec<(usize, usize)>,
+        keys: Box<Content<'a>>,
+        values: Box<Content<'a>>,
+    },
+    Tuple {
+        array: &'a dyn Array,
+        fields: Vec<Content<'a>>,
+    },
 }
 
 impl Content<'_> {
@@ -553,6 +570,48 @@ impl Content<'_> {
                     h.bytes(get(*a, i));
                 }
             }
+            Content::List {
+                array,
+                offsets,
+                elements,
+            } => {
+                if array.is_null(i) {
+                    return h.null();
+                }
+                let (start, end) = offsets[i];
+                h.begin_list(end - start);
+                for j in start..end {
+                    elements.encode(j, h);
+                }
+            }
+            Content::Map {
+                array,
+                offsets,
+                keys,
+                values,
+            } => {
+                if array.is_null(i) {
+                    return h.null();
+                }
+                let (start, end) = offsets[i];
+                let m = h.begin_map(end - start);
+                for j in start..end {
+                    let e = h.begin_entry();
+                    keys.encode(j, h);
+                    values.encode(j, h);
+                    h.end_entry(e);
+                }
+                h.end_map(m);
+            }
+            Content::Tuple { array, fields } => {
+                if array.is_null(i) {
+                    return h.null();
+                }
+                h.begin_tuple();
+                for f in fields {
+                    f.encode(i, h);
+                }
+            }
         }
     }
 }
@@ -562,53 +621,124 @@ fn content_columns<'a>(
     cols: &[(String, ContentKind)],
 ) -> Result<Vec<Content<'a>>, Error> {
     cols.iter()
-        .map(|(name, kind)| {
-            let a = column(batch, name)?;
-            Ok(match kind {
-                ContentKind::Int => Content::Int(ints(a, name)?),
-                ContentKind::Decimal { scale } => Content::Int(decimals(a, name, *scale)?),
-                ContentKind::Float => Content::Float(match a.data_type() {
-                    DataType::Float32 => a
-                        .as_primitive::<Float32Type>()
-                        .iter()
-                        .map(|v| v.map(f64::from))
-                        .collect(),
-                    DataType::Float64 => a.as_primitive::<Float64Type>().iter().collect(),
-                    _ => return Err(unsupported(name, a.as_ref(), "content", "expected a float")),
-                }),
-                ContentKind::Timestamp => Content::Timestamp(opt_timestamps(a, name, "content")?),
-                ContentKind::Date => Content::Date(match a.data_type() {
-                    DataType::Date32 => a.as_primitive::<Date32Type>().iter().collect(),
-                    DataType::Date64 => a
-                        .as_primitive::<Date64Type>()
-                        .iter()
-                        .map(|v| v.map(|ms| ms.div_euclid(86_400_000) as i32))
-                        .collect(),
-                    _ => return Err(unsupported(name, a.as_ref(), "content", "expected a date")),
-                }),
-                ContentKind::String => {
-                    let get: fn(&dyn Array, usize) -> &[u8] = match a.data_type() {
-                        DataType::Utf8 => |a, i| a.as_string::<i32>().value(i).as_bytes(),
-                        DataType::LargeUtf8 => |a, i| a.as_string::<i64>().value(i).as_bytes(),
-                        DataType::Utf8View => |a, i| a.as_string_view().value(i).as_bytes(),
-                        DataType::Binary => |a, i| a.as_binary::<i32>().value(i),
-                        DataType::LargeBinary => |a, i| a.as_binary::<i64>().value(i),
-                        DataType::BinaryView => |a, i| a.as_binary_view().value(i),
-                        DataType::FixedSizeBinary(_) => |a, i| a.as_fixed_size_binary().value(i),
-                        _ => {
-                            return Err(unsupported(
-                                name,
-                                a.as_ref(),
-                                "content",
-                                "expected a string or binary",
-                            ));
-                        }
-                    };
-                    Content::Bytes(a.as_ref(), get)
-                }
-            })
-        })
+        .map(|(name, kind)| content(column(batch, name)?, name, kind))
         .collect()
+}
+
+/// `(start, end)` of every list of an offsets buffer.
+fn ranges<O: arrow_array::OffsetSizeTrait>(offsets: &[O]) -> Vec<(usize, usize)> {
+    offsets
+        .windows(2)
+        .map(|w| (w[0].as_usize(), w[1].as_usize()))
+        .collect()
+}
+
+/// The encoder of one array (a column, or the child of a nested one named by
+/// its path, e.g. `tags.element`) for `kind`.
+fn content<'a>(a: &'a ArrayRef, name: &str, kind: &ContentKind) -> Result<Content<'a>, Error> {
+    Ok(match kind {
+        ContentKind::Int => Content::Int(ints(a, name)?),
+        ContentKind::Decimal { scale } => Content::Int(decimals(a, name, *scale)?),
+        ContentKind::Float => Content::Float(match a.data_type() {
+            DataType::Float32 => a
+                .as_primitive::<Float32Type>()
+                .iter()
+                .map(|v| v.map(f64::from))
+                .collect(),
+            DataType::Float64 => a.as_primitive::<Float64Type>().iter().collect(),
+            _ => return Err(unsupported(name, a.as_ref(), "content", "expected a float")),
+        }),
+        ContentKind::Timestamp => Content::Timestamp(opt_timestamps(a, name, "content")?),
+        ContentKind::Date => Content::Date(match a.data_type() {
+            DataType::Date32 => a.as_primitive::<Date32Type>().iter().collect(),
+            DataType::Date64 => a
+                .as_primitive::<Date64Type>()
+                .iter()
+                .map(|v| v.map(|ms| ms.div_euclid(86_400_000) as i32))
+                .collect(),
+            _ => return Err(unsupported(name, a.as_ref(), "content", "expected a date")),
+        }),
+        ContentKind::String => {
+            let get: fn(&dyn Array, usize) -> &[u8] = match a.data_type() {
+                DataType::Utf8 => |a, i| a.as_string::<i32>().value(i).as_bytes(),
+                DataType::LargeUtf8 => |a, i| a.as_string::<i64>().value(i).as_bytes(),
+                DataType::Utf8View => |a, i| a.as_string_view().value(i).as_bytes(),
+                DataType::Binary => |a, i| a.as_binary::<i32>().value(i),
+                DataType::LargeBinary => |a, i| a.as_binary::<i64>().value(i),
+                DataType::BinaryView => |a, i| a.as_binary_view().value(i),
+                DataType::FixedSizeBinary(_) => |a, i| a.as_fixed_size_binary().value(i),
+                _ => {
+                    return Err(unsupported(
+                        name,
+                        a.as_ref(),
+                        "content",
+                        "expected a string or binary",
+                    ));
+                }
+            };
+            Content::Bytes(a.as_ref(), get)
+        }
+        ContentKind::Array { element } => {
+            let (offsets, values) = match a.data_type() {
+                DataType::List(_) => {
+                    let l = a.as_list::<i32>();
+                    (ranges(l.value_offsets()), l.values())
+                }
+                DataType::LargeList(_) => {
+                    let l = a.as_list::<i64>();
+                    (ranges(l.value_offsets()), l.values())
+                }
+                DataType::FixedSizeList(_, n) => {
+                    let l = a.as_fixed_size_list();
+                    let n = usize::try_from(*n).unwrap_or_default();
+                    ((0..l.len()).map(|i| (i * n, (i + 1) * n)).collect(), l.values())
+                }
+                _ => return Err(unsupported(name, a.as_ref(), "content", "expected a list")),
+            };
+            Content::List {
+                array: a.as_ref(),
+                offsets,
+                elements: Box::new(content(values, &format!("{name}.element"), element)?),
+            }
+        }
+        ContentKind::Map { key, value } => {
+            let DataType::Map(..) = a.data_type() else {
+                return Err(unsupported(name, a.as_ref(), "content", "expected a map"));
+            };
+            let m = a.as_map();
+            Content::Map {
+                array: a.as_ref(),
+                offsets: ranges(m.value_offsets()),
+                keys: Box::new(content(m.keys(), &format!("{name}.key"), key)?),
+                values: Box::new(content(m.values(), &format!("{name}.value"), value)?),
+            }
+        }
+        ContentKind::Tuple { fields } => {
+            let DataType::Struct(_) = a.data_type() else {
+                return Err(unsupported(name, a.as_ref(), "content", "expected a struct"));
+            };
+            let st = a.as_struct();
+            if st.num_columns() != fields.len() {
+                return Err(unsupported(
+                    name,
+                    a.as_ref(),
+                    "content",
+                    &format!("expected a struct of {} fields", fields.len()),
+                ));
+            }
+            // By position: the offload keeps ClickHouse's field order.
+            Content::Tuple {
+                array: a.as_ref(),
+                fields: st
+                    .columns()
+                    .iter()
+                    .zip(st.column_names())
+                    .zip(fields)
+                    .map(|((c, n), k)| content(c, &format!("{name}.{n}"), k))
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -654,6 +784,60 @@ mod tests {
         );
         assert_eq!(decimals(&a, "d", 3).unwrap(), vec![Some(1500), None]);
         assert!(decimals(&a, "d", 0).is_err());
+    }
+
+    /// The row hashes of every row of `a` encoded as `kind`.
+    fn hashes(a: &ArrayRef, kind: &ContentKind) -> Vec<u64> {
+        let c = content(a, "c", kind).unwrap();
+        let mut h = RowHasher::default();
+        (0..a.len())
+            .map(|i| {
+                h.begin(0, 0);
+                c.encode(i, &mut h);
+                h.finish()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_arrow_list_layout_encodes_like_the_definition() {
+        use arrow_array::types::Int32Type;
+        use arrow_array::{FixedSizeListArray, LargeListArray, ListArray};
+
+        use crate::fingerprint::{Value, row_hash};
+        let rows = vec![Some(vec![Some(1), None]), None, Some(vec![Some(-3), Some(4)])];
+        let want: Vec<u64> = rows
+            .iter()
+            .map(|r| {
+                let v = match r {
+                    None => Value::Null,
+                    Some(e) => Value::Array(
+                        e.iter()
+                            .map(|x| x.map_or(Value::Null, |x| Value::Int(x.into())))
+                            .collect(),
+                    ),
+                };
+                row_hash(0, 0, &[v])
+            })
+            .collect();
+        let kind = ContentKind::Array {
+            element: Box::new(ContentKind::Int),
+        };
+        let list: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(rows.clone()));
+        let large: ArrayRef = Arc::new(LargeListArray::from_iter_primitive::<Int32Type, _, _>(
+            rows.clone(),
+        ));
+        let fixed: ArrayRef = Arc::new(FixedSizeListArray::from_iter_primitive::<Int32Type, _, _>(
+            rows, 2,
+        ));
+        for a in [&list, &large, &fixed] {
+            assert_eq!(hashes(a, &kind), want, "{}", a.data_type());
+        }
+        // A slice starts at its own first row.
+        assert_eq!(hashes(&list.slice(1, 2), &kind), want[1..]);
+        // The wrong shape is refused, not guessed at.
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1]));
+        assert!(content(&ints, "c", &kind).is_err());
     }
 
     #[test]

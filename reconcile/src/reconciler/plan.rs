@@ -191,8 +191,8 @@ impl Reconciler {
         let ice_plan = IcePlan {
             ts: spec.timestamp_column.clone(),
             seq: spec.sequence_column.clone(),
-            content: content.iter().map(|(n, _, k)| (n.clone(), *k)).collect(),
-            sums: sums.iter().map(|(n, _, k)| (n.clone(), *k)).collect(),
+            content: content.iter().map(|(n, _, k)| (n.clone(), k.clone())).collect(),
+            sums: sums.iter().map(|(n, _, k)| (n.clone(), k.clone())).collect(),
             range: self.range,
             full,
         };
@@ -296,7 +296,7 @@ pub(super) fn info(cols: &[(String, ColumnType, ContentKind)]) -> Vec<ColumnInfo
         .map(|(n, t, k)| ColumnInfo {
             name: n.clone(),
             clickhouse_type: t.text.clone(),
-            kind: *k,
+            kind: k.clone(),
         })
         .collect()
 }
