@@ -545,17 +545,18 @@ pub async fn bucket_counts_agree_with_reads(fx: SharedSourceFixture) {
             all.push((base + k * 250 * MS, s));
         }
     }
-    // Edge rows: the last microsecond of a second, and the first of the next.
-    all.push((base + 3_000 * MS - 1, 9));
+    // Edge rows: the last millisecond of a second, and the first of the next
+    // (whole milliseconds, so sources of millisecond precision hold them).
+    all.push((base + 2_999 * MS, 9));
     all.push((base + 3_000 * MS, 9));
     // Before the epoch.
-    all.extend([(-1_500_000, 1), (-1, 2), (0, 3)]);
+    all.extend([(-1_500_000, 1), (-MS, 2), (0, 3)]);
     ok(fx.insert(&table, &all).await, "insert");
     let handle = open(&fx, &table).await;
     let until_cases = [
         wm(base + 9_750 * MS, u64::MAX),
         wm(base + 5_000 * MS, 1),
-        wm(base + 3_000 * MS - 1, 8),
+        wm(base + 2_999 * MS, 8),
     ];
     for until in until_cases {
         for width in [
