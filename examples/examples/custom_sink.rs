@@ -1,4 +1,4 @@
-//! A custom `Sink` ([`offload_examples::ipc_sink`], ~250 lines): Arrow IPC
+//! A custom `Sink` ([`offload_examples::ipc_sink`], ~500 lines): Arrow IPC
 //! files in a directory per table, each commit one atomic, exclusive rename.
 //! Crash anywhere: a window is either fully in `data/` (committed, with its
 //! watermark) or not at all.

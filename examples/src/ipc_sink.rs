@@ -6,18 +6,28 @@
 //! Layout of a table `t` under the root:
 //!
 //! ```text
-//! t/staging/<run id>/rows.arrow        a run being staged: invisible
-//! t/data/<after>/rows.arrow + commit   a committed window, keyed by where it starts
+//! t/staging/<run id>/rows.arrow          a run being staged: invisible
+//! t/data/<version>/rows.arrow + commit   commit number <version> (1, 2, ...): a window, or a repair
 //! ```
 //!
-//! The commit writes the window's metadata into the staging directory, then
-//! renames the directory to `data/<after>`. The rename is the commit point:
-//! it is atomic (readers see all of the window or none), and exclusive, since
-//! renaming onto an existing non-empty directory fails: of two runs staged
-//! after the same watermark, one wins, across processes too. A run whose
-//! window does not start at the committed watermark is refused first (the
-//! fence); a crash anywhere leaves either a committed directory or a staging
-//! one, which [`SinkTable::cleanup`] removes once it is older than the grace.
+//! The table's version is its number of commits. A commit writes its metadata
+//! into the staging directory, then renames the directory to
+//! `data/<version + 1>`. The rename is the commit point: it is atomic (readers
+//! see all of a commit or none), and exclusive, since renaming onto an
+//! existing non-empty directory fails. Directories are never removed, so the
+//! rename succeeds only if the table is still at the version the commit read:
+//! a compare-and-set on the version, across processes too.
+//!
+//! * A **window** commit is fenced on the committed watermark: it is refused
+//!   unless its window starts where the table ends. When it loses the rename
+//!   to another commit it reads the table again and, if the fence still holds
+//!   (the winner was a repair), takes the next number.
+//! * A **repair** (late rows of the sweep, watermark unchanged) is fenced on
+//!   the version itself: refused unless the table is still at `meta.base`,
+//!   and a lost rename is a conflict, never retried onto a newer version.
+//!
+//! A crash anywhere leaves either a committed directory or a staging one,
+//! which [`SinkTable::cleanup`] removes once it is older than the grace.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -26,12 +36,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arrow_array::RecordBatch;
+use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use offload_core::{
-    CommitMetadata, CommittedWindow, Error, RunId, Sink, SinkTable, Staged, StagedStats, StagingWriter,
-    TableConfig, Watermark,
+    CommitMetadata, CommittedWindow, Error, RepairMetadata, RunId, Sink, SinkTable, SinkVersion, Staged,
+    StagedStats, StagingWriter, TableConfig, Watermark, Window, batch_positions,
 };
 
 /// Arrow IPC tables under a root directory.
@@ -56,28 +67,81 @@ impl IpcDirSink {
         self
     }
 
-    /// Every committed window of `table`, read from disk: `(after, until, run,
-    /// data file)`, in no particular order. Readers need nothing else.
+    /// Every commit of `table` (windows and repairs), read from disk, in
+    /// version order. Readers need nothing else: the table's rows are the
+    /// rows of these files.
     pub fn commits(&self, table: &TableConfig) -> Result<Vec<Commit>, Error> {
         commits(&self.root.join(table.name()).join("data"))
     }
 }
 
-/// One committed window.
+/// One commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Commit {
-    /// Where the window starts (exclusive).
-    pub after: Watermark,
-    /// Where it ends (inclusive).
-    pub until: Watermark,
+    /// The table version it created (1 for the first commit): its directory's name.
+    pub version: u64,
+    /// What it committed.
+    pub kind: CommitKind,
     /// The run that committed it.
     pub run_id: RunId,
+    /// The engine that ran it.
+    pub engine_id: String,
+    /// The store lease's fencing token it ran under.
+    pub fencing_token: u64,
     /// Its rows.
     pub file: PathBuf,
 }
 
+/// A window, or a repair of late rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitKind {
+    /// The rows of `(after, until]`; `until` became the committed watermark.
+    Window {
+        /// Where the window starts (exclusive).
+        after: Watermark,
+        /// Where it ends (inclusive).
+        until: Watermark,
+    },
+    /// Late rows below the committed watermark, which the repair left at `watermark`.
+    Repair {
+        /// The version the repair was computed against (this commit's version minus one).
+        base: SinkVersion,
+        /// The committed watermark, unchanged: every row of the repair is at or below it.
+        watermark: Watermark,
+        /// From the first repaired bucket's start to the last one's end, when
+        /// the repair named its buckets: every row of the repair is inside.
+        span: Option<Window>,
+    },
+}
+
+impl Commit {
+    fn window_until(&self) -> Option<Watermark> {
+        match self.kind {
+            CommitKind::Window { until, .. } => Some(until),
+            CommitKind::Repair { .. } => None,
+        }
+    }
+
+    /// Whether the commit may hold rows of `w` (from its bounds alone).
+    fn may_hold(&self, w: Window) -> bool {
+        // (a, u] and (w.after, w.until] meet iff a < w.until and w.after < u.
+        let meets = |a: Watermark, u: Watermark| a < w.until() && w.after() < u;
+        match &self.kind {
+            CommitKind::Window { after, until } => meets(*after, *until),
+            CommitKind::Repair { watermark, span, .. } => {
+                meets(Watermark::MIN, *watermark) && span.is_none_or(|s| meets(s.after(), s.until()))
+            }
+        }
+    }
+}
+
 fn io(e: impl Into<offload_core::BoxError>) -> Error {
     Error::sink(e, false)
+}
+
+fn version_dir(data: &Path, version: u64) -> PathBuf {
+    // Zero-padded, so a listing sorts in commit order.
+    data.join(format!("{version:020}"))
 }
 
 fn commits(data: &Path) -> Result<Vec<Commit>, Error> {
@@ -89,20 +153,58 @@ fn commits(data: &Path) -> Result<Vec<Commit>, Error> {
     };
     for entry in entries {
         let dir = entry.map_err(io)?.path();
+        let version = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| io(format!("{}: not a commit directory", dir.display())))?;
         let text = std::fs::read_to_string(dir.join("commit")).map_err(io)?;
         let field = |k: &str| {
             text.lines()
-                .find_map(|l| l.strip_prefix(k))
+                .find_map(|l| l.strip_prefix(k).and_then(|l| l.strip_prefix('=')))
                 .ok_or_else(|| io(format!("{}: no {k}", dir.display())))
         };
+        let kind = match field("kind")? {
+            "window" => CommitKind::Window {
+                after: field("after")?.parse()?,
+                until: field("until")?.parse()?,
+            },
+            "repair" => CommitKind::Repair {
+                base: SinkVersion::new(field("base")?),
+                watermark: field("watermark")?.parse()?,
+                span: match (field("first"), field("last")) {
+                    (Ok(first), Ok(last)) => Some(Window::new(first.parse()?, last.parse()?)?),
+                    _ => None,
+                },
+            },
+            other => return Err(io(format!("{}: unknown kind {other:?}", dir.display()))),
+        };
         out.push(Commit {
-            after: field("after=")?.parse()?,
-            until: field("until=")?.parse()?,
-            run_id: field("run=")?.parse()?,
+            version,
+            kind,
+            run_id: field("run")?.parse()?,
+            engine_id: field("engine")?.to_owned(),
+            fencing_token: field("token")?.parse().map_err(io)?,
             file: dir.join("rows.arrow"),
         });
     }
+    out.sort_by_key(|c| c.version);
     Ok(out)
+}
+
+/// The table's version (its number of commits) and committed watermark.
+fn state(commits: &[Commit]) -> (u64, Option<Watermark>) {
+    let version = commits.last().map_or(0, |c| c.version);
+    (version, commits.iter().filter_map(Commit::window_until).max())
+}
+
+fn sink_version(version: u64) -> SinkVersion {
+    SinkVersion::new(version.to_string())
+}
+
+/// One line of a commit file: a line break in the text cannot add a field.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
 }
 
 #[async_trait]
@@ -128,8 +230,25 @@ struct TableDir {
 }
 
 impl TableDir {
-    fn committed(&self) -> Result<Option<Watermark>, Error> {
-        Ok(commits(&self.data)?.into_iter().map(|c| c.until).max())
+    /// The positions of `file`'s rows in `window`, decoding only the key columns.
+    fn positions(&self, file: &Path, window: Window, out: &mut Vec<Watermark>) -> Result<(), Error> {
+        let (ts, seq) = (self.config.timestamp_column(), self.config.sequence_column());
+        let open = || File::open(file).map_err(io);
+        // The footer alone names the columns; the second reader decodes only the two keys.
+        let schema = FileReader::try_new(open()?, None).map_err(io)?.schema();
+        let keys = vec![
+            schema.index_of(ts).map_err(io)?,
+            schema.index_of(seq).map_err(io)?,
+        ];
+        for batch in FileReader::try_new(open()?, Some(keys)).map_err(io)? {
+            let batch = batch.map_err(io)?;
+            out.extend(
+                batch_positions(&batch, ts, seq)?
+                    .into_iter()
+                    .filter(|p| window.contains(*p)),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -161,13 +280,21 @@ impl SinkTable for IpcTable {
         }))
     }
 
+    // The watermark and its run come from the last window commit; the
+    // version counts every commit, repairs included.
     async fn committed(&self) -> Result<Option<CommittedWindow>, Error> {
-        let last = commits(&self.0.data)?.into_iter().max_by_key(|c| c.until);
+        let all = commits(&self.0.data)?;
+        let (version, _) = state(&all);
+        let last = all
+            .iter()
+            .filter(|c| c.window_until().is_some())
+            .max_by_key(|c| c.window_until());
         Ok(last.map(|c| CommittedWindow {
-            until: c.until,
+            until: c.window_until().expect("a window commit"),
+            version: sink_version(version),
             run_id: Some(c.run_id),
-            engine_id: None,
-            fencing_token: None,
+            engine_id: Some(c.engine_id.clone()),
+            fencing_token: Some(c.fencing_token),
         }))
     }
 
@@ -192,6 +319,17 @@ impl SinkTable for IpcTable {
             }
         }
         Ok(removed)
+    }
+
+    // Only the files whose bounds meet the window are opened, and of those
+    // only the key columns decoded. `bucket_counts` keeps the default (the
+    // histogram of these positions over the grid's span).
+    async fn positions(&self, window: Window) -> Result<Vec<Watermark>, Error> {
+        let mut out = Vec::new();
+        for c in commits(&self.0.data)?.iter().filter(|c| c.may_hold(window)) {
+            self.0.positions(&c.file, window, &mut out)?;
+        }
+        Ok(out)
     }
 }
 
@@ -235,6 +373,37 @@ struct IpcStaged {
     table: Arc<TableDir>,
 }
 
+/// How the commit point went.
+enum Publish {
+    Done,
+    /// Another commit took this version first.
+    Taken,
+    /// The staging directory is gone: an earlier attempt of this run committed it.
+    Gone,
+}
+
+impl IpcStaged {
+    /// Writes the commit file and renames the staging directory to
+    /// `data/<version>`: the one commit point, exclusive.
+    fn publish(&self, version: u64, meta: &str) -> Result<Publish, Error> {
+        let marker = self.dir.join("commit");
+        match std::fs::write(&marker, meta) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Publish::Gone),
+            Err(e) => return Err(io(e)),
+        }
+        match std::fs::rename(&self.dir, version_dir(&self.table.data, version)) {
+            Ok(()) => Ok(Publish::Done),
+            Err(e) if matches!(e.kind(), ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists) => {
+                std::fs::remove_file(&marker).map_err(io)?;
+                Ok(Publish::Taken)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Publish::Gone),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
 #[async_trait]
 impl Staged for IpcStaged {
     fn stats(&self) -> &StagedStats {
@@ -248,30 +417,66 @@ impl Staged for IpcStaged {
             expected: m.window.after(),
             found,
         };
-        // The fence: the window must start where the table ends.
-        let found = t.committed()?;
-        if found.unwrap_or(Watermark::MIN) != m.window.after() {
-            return Err(conflict(found));
-        }
         let meta = format!(
-            "after={}\nuntil={}\nrun={}\nengine={}\ntoken={}\n",
+            "kind=window\nafter={}\nuntil={}\nrun={}\nengine={}\ntoken={}\n",
             m.window.after(),
             m.window.until(),
             m.run_id,
-            m.engine_id,
+            one_line(&m.engine_id),
             m.fencing_token
         );
-        std::fs::write(self.dir.join("commit"), meta).map_err(io)?;
-        // The commit point: exclusive, so of two runs after the same watermark one wins.
-        match std::fs::rename(&self.dir, t.data.join(m.window.after().to_string())) {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.kind(), ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists) => {
-                std::fs::remove_file(self.dir.join("commit")).map_err(io)?;
-                Err(conflict(t.committed()?))
+        loop {
+            // The fence: the window must start where the table ends, at the
+            // version the rename below claims the successor of.
+            let (version, found) = state(&commits(&t.data)?);
+            if found.unwrap_or(Watermark::MIN) != m.window.after() {
+                return Err(conflict(found));
             }
-            // Already renamed by an earlier attempt of this very run: a retried commit.
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(conflict(t.committed()?)),
-            Err(e) => Err(io(e)),
+            match self.publish(version + 1, &meta)? {
+                Publish::Done => return Ok(()),
+                // Someone committed first: if it was a repair the fence still
+                // holds and the next number is tried; if a window, it fails.
+                Publish::Taken => continue,
+                // Already renamed by an earlier attempt of this very run: a retried commit.
+                Publish::Gone => return Err(conflict(state(&commits(&t.data)?).1)),
+            }
+        }
+    }
+
+    async fn commit_repair(&self, m: &RepairMetadata) -> Result<(), Error> {
+        let t = &self.table;
+        let conflict = || -> Result<(), Error> {
+            let (version, _) = state(&commits(&t.data)?);
+            Err(Error::RepairConflict {
+                table: t.config.name().into(),
+                base: m.base.clone(),
+                found: (version > 0).then(|| sink_version(version)),
+            })
+        };
+        // The fence: the table must still be at the version the diff was computed against.
+        let (version, _) = state(&commits(&t.data)?);
+        if sink_version(version) != m.base {
+            return conflict();
+        }
+        let mut meta = format!(
+            "kind=repair\nbase={}\nwatermark={}\nrun={}\nengine={}\ntoken={}\nrows={}\nbuckets={}\n",
+            one_line(m.base.as_str()),
+            m.watermark,
+            m.run_id,
+            one_line(&m.engine_id),
+            m.fencing_token,
+            m.rows,
+            m.buckets.len()
+        );
+        let first = m.buckets.iter().map(|b| b.after()).min();
+        let last = m.buckets.iter().map(|b| b.until()).max();
+        if let (Some(first), Some(last)) = (first, last) {
+            meta.push_str(&format!("first={first}\nlast={last}\n"));
+        }
+        match self.publish(version + 1, &meta)? {
+            Publish::Done => Ok(()),
+            // Never onto a newer version: the diff may no longer hold there.
+            Publish::Taken | Publish::Gone => conflict(),
         }
     }
 
