@@ -10,7 +10,7 @@ use iceberg::{
     Catalog, CatalogBuilder, ErrorKind, Namespace, NamespaceIdent, Result as IcebergResult, TableCommit,
     TableCreation, TableIdent,
 };
-use offload_core::Watermark;
+use offload_core::{SinkVersion, Watermark};
 
 use crate::config::{CatalogBackend, CatalogConfig, StorageConfig};
 use crate::{IcebergSinkError, markers};
@@ -159,14 +159,52 @@ async fn prepare_sqlite(path: &std::path::Path) -> Result<String, IcebergSinkErr
     Ok(uri)
 }
 
+/// The table state a fenced commit was built on, as the fence read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Observed {
+    /// Its committed watermark (`None`: nothing committed).
+    pub(crate) watermark: Option<Watermark>,
+    /// Its version: main's snapshot id.
+    pub(crate) version: SinkVersion,
+}
+
+/// What a commit requires of the state it is built on.
+#[derive(Debug, Clone)]
+pub(crate) enum Fence {
+    /// A window commit: the committed watermark is the window's lower bound.
+    Watermark(Watermark),
+    /// A repair commit: main is still at this snapshot (the version the
+    /// repair's diff was computed against).
+    Version(SinkVersion),
+}
+
+impl Fence {
+    /// Whether a commit built on `base` may go through.
+    pub(crate) fn admits(&self, base: &Observed) -> bool {
+        match self {
+            Fence::Watermark(after) => base.watermark.unwrap_or(Watermark::MIN) == *after,
+            Fence::Version(v) => base.version == *v,
+        }
+    }
+}
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fence::Watermark(after) => write!(f, "committed watermark {after}"),
+            Fence::Version(v) => write!(f, "main at snapshot {v}"),
+        }
+    }
+}
+
 /// What the fence observed during one commit.
 #[derive(Debug, Default)]
 pub(crate) struct FenceState {
-    /// The committed watermark of the table state `load_table` last returned
-    /// for the fenced table: the base the transaction builds its commit on.
-    base: Option<Option<Watermark>>,
-    /// Set when the fence refused: the committed watermark it found.
-    pub(crate) conflict: Option<Option<Watermark>>,
+    /// The state `load_table` last returned for the fenced table: the base
+    /// the transaction builds its commit on.
+    base: Option<Observed>,
+    /// Set when the fence refused: the state it found.
+    pub(crate) conflict: Option<Observed>,
     /// Where the last hand-over to the inner catalog stands.
     pub(crate) phase: Phase,
 }
@@ -187,37 +225,40 @@ pub(crate) enum Phase {
     Acknowledged,
 }
 
-/// A [`Catalog`] that lets a commit through only if the table's committed
-/// watermark, at the exact state the commit was built on, equals the window's
-/// lower bound. One instance per commit attempt.
+/// A [`Catalog`] that lets a commit through only if the table state it was
+/// built on passes its [`Fence`]: for a window commit, the committed watermark
+/// equals the window's lower bound; for a repair commit, main's snapshot is
+/// the repair's base version. One instance per commit attempt.
 ///
 /// Why this closes the race (see the README for the long form):
 /// 1. iceberg's `Transaction::commit` calls `load_table` on this catalog and
 ///    builds the commit on the table returned; the fast-append it carries
 ///    requires `main` to still point at that table's snapshot
-///    (`assert-ref-snapshot-id`).
-/// 2. `update_table` checks the committed watermark of that same table state.
-///    The watermark is a function of main's snapshot (the nearest offload
-///    snapshot on its ancestry; snapshots are immutable).
+///    (`TableRequirement::RefSnapshotIdMatch`, `assert-ref-snapshot-id`).
+/// 2. `update_table` checks the fence against that same table state. The
+///    watermark is a function of main's snapshot (the nearest offload
+///    snapshot on its ancestry; snapshots are immutable), and the version
+///    *is* main's snapshot id.
 /// 3. The inner catalog re-checks the requirement against the current state
 ///    and swaps the metadata pointer only if that state is still current
 ///    (SQL: `UPDATE ... WHERE metadata_location = <checked>`; REST: the server
 ///    applies requirements atomically). So main cannot have moved between our
-///    check and the swap, and neither can the watermark.
+///    check and the swap, and neither can the watermark: a repair lands only
+///    while main is at its base, a window only on its lower bound.
 #[derive(Debug)]
 pub(crate) struct FencedCatalog {
     inner: Arc<dyn Catalog>,
     ident: TableIdent,
-    expected: Watermark,
+    fence: Fence,
     state: Mutex<FenceState>,
 }
 
 impl FencedCatalog {
-    pub(crate) fn new(inner: Arc<dyn Catalog>, ident: TableIdent, expected: Watermark) -> Self {
+    pub(crate) fn new(inner: Arc<dyn Catalog>, ident: TableIdent, fence: Fence) -> Self {
         Self {
             inner,
             ident,
-            expected,
+            fence,
             state: Mutex::new(FenceState::default()),
         }
     }
@@ -228,9 +269,9 @@ impl FencedCatalog {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The committed watermark of the last table state handed out, if any.
-    pub(crate) fn base(&self) -> Option<Option<Watermark>> {
-        self.lock().base
+    /// The last table state handed out, if any.
+    pub(crate) fn base(&self) -> Option<Observed> {
+        self.lock().base.clone()
     }
 
     /// Takes the observations (after the commit finished or was abandoned).
@@ -286,10 +327,14 @@ impl Catalog for FencedCatalog {
     async fn load_table(&self, table: &TableIdent) -> IcebergResult<Table> {
         let loaded = self.inner.load_table(table).await?;
         if *table == self.ident {
-            let committed = markers::committed(loaded.metadata())
+            let meta = loaded.metadata();
+            let watermark = markers::committed(meta)
                 .map_err(|e| iceberg::Error::new(ErrorKind::DataInvalid, e.to_string()))?
                 .map(|(w, _)| w.until);
-            self.lock().base = Some(committed);
+            self.lock().base = Some(Observed {
+                watermark,
+                version: markers::version(meta),
+            });
         }
         Ok(loaded)
     }
@@ -330,12 +375,13 @@ impl Catalog for FencedCatalog {
                         .into(),
                 ));
             };
-            if found.unwrap_or(Watermark::MIN) != self.expected {
+            if !self.fence.admits(&found) {
+                let message = format!(
+                    "offload fence: table {} has committed {:?} at snapshot {}, the commit requires {}",
+                    self.ident, found.watermark, found.version, self.fence
+                );
                 st.conflict = Some(found);
-                return Err(fence_error(format!(
-                    "offload fence: table {} has committed {found:?}, the window starts after {:?}",
-                    self.ident, self.expected
-                )));
+                return Err(fence_error(message));
             }
             st.phase = Phase::Sending;
         }

@@ -1,5 +1,6 @@
 //! [`IcebergStaged`]: one run's staged data files, and its fenced commit.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -7,9 +8,9 @@ use iceberg::Catalog;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use offload_core::{CommitMetadata, Error, SinkTable, Staged, StagedStats, Watermark};
+use offload_core::{CommitMetadata, Error, RepairMetadata, RunId, SinkTable, Staged, StagedStats};
 
-use crate::catalog::{FenceState, FencedCatalog, Phase};
+use crate::catalog::{Fence, FenceState, FencedCatalog, Observed, Phase};
 use crate::{IcebergSinkError, IcebergTable, markers};
 
 /// What an Iceberg staging produced: its data files, written but referenced
@@ -36,9 +37,9 @@ impl fmt::Debug for IcebergStaged {
 enum Attempt {
     /// The catalog acknowledged the commit (still to be read back).
     Committed,
-    /// The fence refused: the table's committed watermark is `found`, not the
-    /// window's lower bound. Nothing was applied.
-    Conflict(Option<Watermark>),
+    /// The fence refused: the table is at `found`, not at what the commit
+    /// requires. Nothing was applied.
+    Conflict(Observed),
     /// Certainly not applied: the commit never reached the catalog, or the
     /// catalog refused it.
     Failed(IcebergSinkError),
@@ -49,9 +50,9 @@ enum Attempt {
 /// How the hand-over of the transaction ended, before the fence's
 /// observations are taken into account.
 enum Sent {
-    /// The table's committed watermark was not the window's lower bound
-    /// already when the base was loaded: nothing was built.
-    Stale(Option<Watermark>),
+    /// The table was not where the commit requires already when the base
+    /// was loaded: nothing was built.
+    Stale(Observed),
     /// The transaction could not be built (or its base not loaded).
     NotBuilt(IcebergSinkError),
     /// `Transaction::commit` returned.
@@ -81,6 +82,54 @@ impl Attempt {
     }
 }
 
+/// What is being committed: a window, or a repair of late rows below the
+/// committed watermark. Both append the staged files in one fenced snapshot.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Window(&'a CommitMetadata),
+    Repair(&'a RepairMetadata),
+}
+
+impl Request<'_> {
+    fn fence(&self) -> Fence {
+        match self {
+            Request::Window(m) => Fence::Watermark(m.window.after()),
+            Request::Repair(m) => Fence::Version(m.base.clone()),
+        }
+    }
+
+    fn summary(&self) -> HashMap<String, String> {
+        match self {
+            Request::Window(m) => markers::summary(m),
+            Request::Repair(m) => markers::repair_summary(m),
+        }
+    }
+
+    fn properties(&self) -> HashMap<String, String> {
+        match self {
+            Request::Window(m) => markers::properties(m),
+            Request::Repair(m) => markers::repair_properties(m),
+        }
+    }
+
+    /// A repair's base state must record the watermark the repair claims
+    /// (it leaves it in place); a caller mixing up tables or versions is
+    /// refused before anything is written.
+    fn check_base(&self, base: &Observed, ident: &iceberg::TableIdent) -> Result<(), IcebergSinkError> {
+        match self {
+            Request::Repair(m) if base.watermark != Some(m.watermark) => {
+                Err(IcebergSinkError::RepairWatermarkMismatch {
+                    table: ident.to_string(),
+                    version: base.version.to_string(),
+                    claimed: m.watermark,
+                    found: base.watermark,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl IcebergStaged {
     pub(crate) fn new(table: IcebergTable, stats: StagedStats, data_files: Vec<DataFile>) -> Self {
         Self {
@@ -102,30 +151,33 @@ impl IcebergStaged {
 
     /// Builds the transaction on the state the fence hands out and commits
     /// it through the fence.
-    async fn send(&self, fence: &FencedCatalog, meta: &CommitMetadata) -> Sent {
+    async fn send(&self, fence: &FencedCatalog, fenced: &Fence, request: Request<'_>) -> Sent {
         let ident = self.table.ident();
         let base = match fence.load_table(ident).await {
             Ok(base) => base,
             Err(e) => return Sent::NotBuilt(IcebergSinkError::iceberg(format!("load table {ident}"), e)),
         };
-        // Cheap early exit before iceberg writes manifests for a stale window.
-        if let Some(found) = fence.base()
-            && found.unwrap_or(Watermark::MIN) != meta.window.after()
-        {
-            return Sent::Stale(found);
+        if let Some(found) = fence.base() {
+            // Cheap early exit before iceberg writes manifests for a stale commit.
+            if !fenced.admits(&found) {
+                return Sent::Stale(found);
+            }
+            if let Err(e) = request.check_base(&found, ident) {
+                return Sent::NotBuilt(e);
+            }
         }
         let tx = Transaction::new(&base);
         let append = tx
             .fast_append()
             .with_check_duplicate(self.table.sink_config().check_duplicate_files)
-            .set_snapshot_properties(markers::summary(meta))
+            .set_snapshot_properties(request.summary())
             .add_data_files(self.data_files.iter().cloned());
         let tx = match append.apply(tx) {
             Ok(tx) => tx,
             Err(e) => return Sent::NotBuilt(IcebergSinkError::iceberg("build the append", e)),
         };
         let mut props = tx.update_table_properties();
-        for (k, v) in markers::properties(meta) {
+        for (k, v) in request.properties() {
             props = props.set(k, v);
         }
         match props.apply(tx) {
@@ -135,11 +187,12 @@ impl IcebergStaged {
     }
 
     /// One fenced commit attempt, within the configured commit timeout.
-    async fn attempt(&self, meta: &CommitMetadata) -> Attempt {
+    async fn attempt(&self, request: Request<'_>) -> Attempt {
         let ident = self.table.ident();
-        let fence = FencedCatalog::new(self.table.catalog().clone(), ident.clone(), meta.window.after());
+        let fenced = request.fence();
+        let fence = FencedCatalog::new(self.table.catalog().clone(), ident.clone(), fenced.clone());
         let after = self.table.sink_config().commit_timeout;
-        let sent = match tokio::time::timeout(after, self.send(&fence, meta)).await {
+        let sent = match tokio::time::timeout(after, self.send(&fence, &fenced, request)).await {
             Ok(sent) => sent,
             Err(_elapsed) => Sent::TimedOut(IcebergSinkError::Timeout {
                 operation: "commit",
@@ -152,21 +205,32 @@ impl IcebergStaged {
     /// The SQL catalog in iceberg-catalog-sql 0.10.1 ignores the result of
     /// its database transaction's COMMIT, so an acknowledgement is not proof:
     /// read the table back.
-    async fn verify_visible(&self, meta: &CommitMetadata) -> Result<(), Error> {
+    async fn verify_visible(&self, run_id: RunId) -> Result<(), Error> {
         match self.table.load().await {
-            Ok(t) if markers::contains_run(t.metadata(), meta.run_id) => Ok(()),
+            Ok(t) if markers::contains_run(t.metadata(), run_id) => Ok(()),
             Ok(_) => Err(IcebergSinkError::CommitNotVisible {
-                run_id: meta.run_id.to_string(),
+                run_id: run_id.to_string(),
             }
             .into()),
-            Err(e) => Err(in_doubt(meta, e)),
+            Err(e) => Err(in_doubt(run_id, e)),
         }
+    }
+
+    fn check_run(&self, run_id: RunId) -> Result<(), Error> {
+        if self.stats.run_id != run_id {
+            return Err(IcebergSinkError::RunMismatch {
+                staged: self.stats.run_id.to_string(),
+                committed: run_id.to_string(),
+            }
+            .into());
+        }
+        Ok(())
     }
 }
 
-fn in_doubt(meta: &CommitMetadata, e: IcebergSinkError) -> Error {
+fn in_doubt(run_id: RunId, e: IcebergSinkError) -> Error {
     Error::CommitOutcomeUnknown {
-        run_id: meta.run_id,
+        run_id,
         source: Box::new(e),
     }
 }
@@ -180,22 +244,34 @@ impl Staged for IcebergStaged {
     /// Appends the staged files in one transaction that records `meta`, fenced
     /// on `meta.window.after()` (see the crate README, "Commits and fencing").
     async fn commit(&self, meta: &CommitMetadata) -> Result<(), Error> {
-        if self.stats.run_id != meta.run_id {
-            return Err(IcebergSinkError::RunMismatch {
-                staged: self.stats.run_id.to_string(),
-                committed: meta.run_id.to_string(),
-            }
-            .into());
-        }
-        match self.attempt(meta).await {
-            Attempt::Committed => self.verify_visible(meta).await,
+        self.check_run(meta.run_id)?;
+        match self.attempt(Request::Window(meta)).await {
+            Attempt::Committed => self.verify_visible(meta.run_id).await,
             Attempt::Conflict(found) => Err(Error::CommitConflict {
                 table: self.table.config().sink_table().to_owned(),
                 expected: meta.window.after(),
-                found,
+                found: found.watermark,
             }),
             Attempt::Failed(e) => Err(e.into()),
-            Attempt::InDoubt(e) => Err(in_doubt(meta, e)),
+            Attempt::InDoubt(e) => Err(in_doubt(meta.run_id, e)),
+        }
+    }
+
+    /// Appends the staged files in one transaction that records `meta` (the
+    /// watermark unchanged, the repair's figures in the snapshot summary),
+    /// fenced on main still being at snapshot `meta.base`: any commit in
+    /// between, of any kind, makes it [`Error::RepairConflict`].
+    async fn commit_repair(&self, meta: &RepairMetadata) -> Result<(), Error> {
+        self.check_run(meta.run_id)?;
+        match self.attempt(Request::Repair(meta)).await {
+            Attempt::Committed => self.verify_visible(meta.run_id).await,
+            Attempt::Conflict(found) => Err(Error::RepairConflict {
+                table: self.table.config().sink_table().to_owned(),
+                base: meta.base.clone(),
+                found: Some(found.version),
+            }),
+            Attempt::Failed(e) => Err(e.into()),
+            Attempt::InDoubt(e) => Err(in_doubt(meta.run_id, e)),
         }
     }
 

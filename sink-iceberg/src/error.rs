@@ -183,6 +183,35 @@ pub enum IcebergSinkError {
         reason: String,
     },
 
+    /// A repair commit claims a committed watermark its base version does not
+    /// record (the caller read another table, or mixed up versions). Nothing
+    /// was committed; not retryable.
+    #[error(
+        "repair of {table} claims the committed watermark {claimed}, but snapshot {version} records {found:?}"
+    )]
+    RepairWatermarkMismatch {
+        /// The table.
+        table: String,
+        /// The base version (main's snapshot id).
+        version: String,
+        /// The watermark the repair metadata carries.
+        claimed: offload_core::Watermark,
+        /// The watermark the base version records.
+        found: Option<offload_core::Watermark>,
+    },
+
+    /// A key column (timestamp or sequence) read back from the table has a
+    /// type or value that cannot be a position (`(µs, u64)`).
+    #[error("column {column:?} of {table} cannot be read as a position: {reason}")]
+    KeyColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// What is wrong (its type, a NULL, a negative sequence).
+        reason: String,
+    },
+
     /// `cleanup` cannot list files at this location (object storage without a lister).
     #[error("orphan cleanup is not supported for table location {location:?}: {reason}")]
     CleanupUnsupported {
@@ -228,6 +257,8 @@ impl IcebergSinkError {
             | IcebergSinkError::RunMismatch { .. }
             | IcebergSinkError::DiscardOfCommittedRun { .. }
             | IcebergSinkError::InvalidMarker { .. }
+            | IcebergSinkError::RepairWatermarkMismatch { .. }
+            | IcebergSinkError::KeyColumn { .. }
             | IcebergSinkError::CleanupUnsupported { .. } => false,
         }
     }

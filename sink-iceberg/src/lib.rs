@@ -5,6 +5,7 @@ mod catalog;
 mod commit;
 mod config;
 mod error;
+mod keys;
 mod markers;
 mod naming;
 mod options;
@@ -19,8 +20,9 @@ pub use config::{
 };
 pub use error::IcebergSinkError;
 pub use markers::{
-    KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_WINDOW_AFTER,
-    SUMMARY_WINDOW_UNTIL, committed_window,
+    KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_REPAIR_BASE,
+    SUMMARY_REPAIR_BUCKETS, SUMMARY_REPAIR_FIRST, SUMMARY_REPAIR_LAST, SUMMARY_REPAIR_ROWS,
+    SUMMARY_WINDOW_AFTER, SUMMARY_WINDOW_UNTIL, committed_window,
 };
 pub use naming::{DEFAULT_NAMESPACE, TableName};
 pub use options::{IcebergTableOptions, PartitionField, Transform};

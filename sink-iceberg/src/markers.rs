@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use iceberg::spec::{MAIN_BRANCH, SnapshotRef, TableMetadata};
-use offload_core::{CommitMetadata, CommittedWindow, RunId, Watermark};
+use offload_core::{CommitMetadata, CommittedWindow, RepairMetadata, RunId, SinkVersion, Watermark};
 
 use crate::IcebergSinkError;
 
@@ -21,6 +21,23 @@ pub const KEY_FENCING_TOKEN: &str = "offload.fencing-token";
 /// Table property key: the committed watermark (`"<micros>:<seq>"`), kept so it
 /// survives expiry of our snapshots and rewrites by other engines.
 pub const PROPERTY_WATERMARK: &str = "offload.watermark";
+
+/// Snapshot summary key of a repair commit: main's snapshot id the repair was
+/// fenced on (the version its diff was computed against).
+pub const SUMMARY_REPAIR_BASE: &str = "offload.repair.base-snapshot";
+/// Snapshot summary key of a repair commit: rows it added.
+pub const SUMMARY_REPAIR_ROWS: &str = "offload.repair.rows";
+/// Snapshot summary key of a repair commit: how many buckets it repaired.
+pub const SUMMARY_REPAIR_BUCKETS: &str = "offload.repair.buckets";
+/// Snapshot summary key of a repair commit: the first repaired bucket's
+/// exclusive lower bound (`"<micros>:<seq>"`).
+pub const SUMMARY_REPAIR_FIRST: &str = "offload.repair.first";
+/// Snapshot summary key of a repair commit: the last repaired bucket's
+/// inclusive upper bound (`"<micros>:<seq>"`).
+pub const SUMMARY_REPAIR_LAST: &str = "offload.repair.last";
+
+/// The version text of a table with no snapshot on main.
+const NO_SNAPSHOT: &str = "none";
 
 /// Where a committed window was read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +57,42 @@ pub(crate) fn summary(meta: &CommitMetadata) -> HashMap<String, String> {
         (KEY_ENGINE_ID.to_owned(), meta.engine_id.clone()),
         (KEY_FENCING_TOKEN.to_owned(), meta.fencing_token.to_string()),
     ])
+}
+
+/// The snapshot summary entries of a repair commit: the usual markers with
+/// the watermark unchanged (so the commit fence and `committed()` read it like
+/// any commit of ours), and what was repaired.
+pub(crate) fn repair_summary(meta: &RepairMetadata) -> HashMap<String, String> {
+    let mut map = HashMap::from([
+        (SUMMARY_WINDOW_UNTIL.to_owned(), meta.watermark.to_string()),
+        (KEY_RUN_ID.to_owned(), meta.run_id.to_string()),
+        (KEY_ENGINE_ID.to_owned(), meta.engine_id.clone()),
+        (KEY_FENCING_TOKEN.to_owned(), meta.fencing_token.to_string()),
+        (SUMMARY_REPAIR_BASE.to_owned(), meta.base.to_string()),
+        (SUMMARY_REPAIR_ROWS.to_owned(), meta.rows.to_string()),
+        (SUMMARY_REPAIR_BUCKETS.to_owned(), meta.buckets.len().to_string()),
+    ]);
+    if let (Some(first), Some(last)) = (meta.buckets.first(), meta.buckets.last()) {
+        map.insert(SUMMARY_REPAIR_FIRST.to_owned(), first.after().to_string());
+        map.insert(SUMMARY_REPAIR_LAST.to_owned(), last.until().to_string());
+    }
+    map
+}
+
+/// The table properties of a repair commit: the watermark, unchanged. The
+/// last window commit's identity stays where it is.
+pub(crate) fn repair_properties(meta: &RepairMetadata) -> HashMap<String, String> {
+    HashMap::from([(PROPERTY_WATERMARK.to_owned(), meta.watermark.to_string())])
+}
+
+/// The table's version: main's snapshot id as text, `"none"` without one.
+/// Every commit (windows and repairs) adds a snapshot and moves main, so it
+/// changes with every commit.
+pub(crate) fn version(meta: &TableMetadata) -> SinkVersion {
+    SinkVersion::new(
+        meta.snapshot_for_ref(MAIN_BRANCH)
+            .map_or_else(|| NO_SNAPSHOT.to_owned(), |s| s.snapshot_id().to_string()),
+    )
 }
 
 /// The table properties of a commit.
@@ -63,6 +116,7 @@ fn invalid(key: &str, value: &str, reason: &str) -> IcebergSinkError {
 fn window_from(
     map: &HashMap<String, String>,
     watermark_key: &str,
+    version: &SinkVersion,
 ) -> Result<Option<CommittedWindow>, IcebergSinkError> {
     let Some(w) = map.get(watermark_key) else {
         return Ok(None);
@@ -86,6 +140,7 @@ fn window_from(
     };
     Ok(Some(CommittedWindow {
         until,
+        version: version.clone(),
         run_id,
         engine_id: map.get(KEY_ENGINE_ID).cloned(),
         fencing_token,
@@ -117,12 +172,33 @@ fn main_ancestry(meta: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
 /// no snapshot of ours is reachable any more (expired after other engines
 /// rewrote the table) do the table properties answer.
 pub(crate) fn committed(meta: &TableMetadata) -> Result<Option<(CommittedWindow, Origin)>, IcebergSinkError> {
+    let version = version(meta);
+    let mut nearest: Option<(CommittedWindow, Origin)> = None;
     for s in main_ancestry(meta) {
-        if let Some(w) = window_from(&s.summary().additional_properties, SUMMARY_WINDOW_UNTIL)? {
-            return Ok(Some((w, Origin::Snapshot(s.snapshot_id()))));
+        let summary = &s.summary().additional_properties;
+        let Some(w) = window_from(summary, SUMMARY_WINDOW_UNTIL, &version)? else {
+            continue;
+        };
+        let repair = summary.contains_key(SUMMARY_REPAIR_BASE);
+        match &mut nearest {
+            None => nearest = Some((w, Origin::Snapshot(s.snapshot_id()))),
+            // A repair leaves the watermark as it was: the window commit
+            // below it names the run, engine and token that committed it.
+            Some((first, _)) if !repair => {
+                first.run_id = w.run_id;
+                first.engine_id = w.engine_id;
+                first.fencing_token = w.fencing_token;
+            }
+            Some(_) => continue,
+        }
+        if !repair {
+            break;
         }
     }
-    Ok(window_from(meta.properties(), PROPERTY_WATERMARK)?.map(|w| (w, Origin::Properties)))
+    if nearest.is_some() {
+        return Ok(nearest);
+    }
+    Ok(window_from(meta.properties(), PROPERTY_WATERMARK, &version)?.map(|w| (w, Origin::Properties)))
 }
 
 /// The committed window recorded in a table's metadata by this sink, read

@@ -18,8 +18,11 @@ use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
 use iceberg::writer::file_writer::location_generator::DefaultLocationGenerator;
 use iceberg::{Catalog, ErrorKind, TableCreation, TableIdent};
-use offload_core::{CommittedWindow, Error, RunId, SinkTable, StagingWriter, TableConfig};
+use offload_core::{
+    BucketGrid, CommittedWindow, Error, RunId, SinkTable, StagingWriter, TableConfig, Watermark, Window,
+};
 
+use crate::keys::Keys;
 use crate::sink::SinkInner;
 use crate::writer::{IcebergStagingWriter, WritePlan, parse_file_name};
 use crate::{
@@ -437,6 +440,32 @@ impl SinkTable for IcebergTable {
 
     async fn cleanup(&self) -> Result<u64, Error> {
         Ok(self.cleanup_orphans(self.sink_config().orphan_grace).await?)
+    }
+
+    /// A scan of main's current snapshot selecting only the timestamp and
+    /// sequence columns, filtered on the window's timestamps (so partitions,
+    /// files and row groups are pruned by their bounds), kept exactly inside
+    /// the window by position.
+    async fn positions(&self, window: Window) -> Result<Vec<Watermark>, Error> {
+        let Some(current) = self.load_if_exists().await? else {
+            return Ok(Vec::new());
+        };
+        let cfg = &self.inner.config;
+        let keys = Keys::new(&current, cfg.timestamp_column(), cfg.sequence_column())?;
+        Ok(keys.positions_in(window).await?)
+    }
+
+    /// From the manifests where they settle it: a live data file whose
+    /// timestamp bounds lie inside one bucket and strictly below the grid's
+    /// `until` contributes its record count; files outside the span are
+    /// skipped; only the rest are read (key columns only).
+    async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
+        let Some(current) = self.load_if_exists().await? else {
+            return Ok(vec![0; grid.len()]);
+        };
+        let cfg = &self.inner.config;
+        let keys = Keys::new(&current, cfg.timestamp_column(), cfg.sequence_column())?;
+        Ok(keys.bucket_counts(grid).await?)
     }
 }
 

@@ -311,6 +311,12 @@ async fn watermark_survives_snapshot_expiry_and_foreign_snapshots(b: Backend) {
     assert_eq!(c.until, w3);
     assert_eq!(c.run_id, Some(runs[2]));
     assert!(table.was_committed(runs[2]).await.unwrap());
+    // Read from the properties, the version is still main's snapshot id.
+    assert_eq!(
+        c.version.as_str(),
+        t.metadata().current_snapshot().unwrap().snapshot_id().to_string(),
+        "the version is main's snapshot id when the properties answer"
+    );
 
     // The fence works from the property too.
     let next = [trades(T0 + 5 * DAY_MICROS, 1000, 50, 1)];

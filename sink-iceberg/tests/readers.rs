@@ -246,3 +246,72 @@ async fn pyiceberg_and_clickhouse_read_what_we_wrote() {
     assert_eq!(ch["price_type"], "Decimal(18, 8)");
     assert!(table.committed().await.unwrap().is_some());
 }
+
+/// pyiceberg (an independent reader on the same SQLite catalog) sees the rows
+/// a repair commit added below the watermark, next to the window's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyiceberg_reads_repaired_rows() {
+    use offload_core::{BucketGrid, RepairMetadata, RunId};
+
+    let python = offload_testkit::venv_python();
+    let b = Backend::sqlite();
+    let table = b.table("lake.repaired").await;
+    table.prepare(trades_schema()).await.unwrap();
+    let w1 = trades(T0, 1, 10, 10_000);
+    let (u1, _) = commit_window(&table, Watermark::MIN, std::slice::from_ref(&w1)).await;
+    let base = table.committed().await.unwrap().unwrap().version;
+    let late = trades(T0 + 5_000, 100, 3, 10_000);
+    let run = RunId::new();
+    let staged = stage(&table, run, std::slice::from_ref(&late)).await;
+    let grid = BucketGrid::covering(T0, u1, std::time::Duration::from_millis(10)).unwrap();
+    let buckets = (0..3).map(|i| grid.bucket(i)).collect();
+    staged
+        .commit_repair(&RepairMetadata::new(base, u1, run, "sweeper", 1, buckets, 3))
+        .await
+        .unwrap();
+    assert_eq!(table.committed().await.unwrap().unwrap().until, u1);
+
+    let script = r#"
+import json, sys
+import pyarrow as pa, pyarrow.compute as pc
+from pyiceberg.catalog.sql import SqlCatalog
+cfg = json.loads(sys.argv[1])
+cat = SqlCatalog(cfg["catalog"], uri=f"sqlite:///{cfg['db']}", warehouse=f"file://{cfg['warehouse']}")
+t = cat.load_table(cfg["table"])
+data = t.scan(selected_fields=("ts", "seq")).to_arrow()
+rows = sorted(zip(pc.cast(data["ts"], pa.int64()).to_pylist(), data["seq"].to_pylist()))
+summary = t.current_snapshot().summary
+print(json.dumps({"rows": rows, "repair_rows": summary["offload.repair.rows"]}))
+"#;
+    let cfg = serde_json::json!({
+        "db": b.dir.path().join("catalog.db"),
+        "warehouse": b.warehouse(),
+        "catalog": offload_sink_iceberg::DEFAULT_CATALOG_NAME,
+        "table": "lake.repaired",
+    });
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(cfg.to_string())
+        .output()
+        .expect("run pyiceberg");
+    assert!(
+        out.status.success(),
+        "pyiceberg failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut want: Vec<(i64, i64)> = Vec::new();
+    for batch in [&w1, &late] {
+        let ts = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+        let seq = batch.column(1).as_primitive::<Int64Type>();
+        want.extend((0..batch.num_rows()).map(|i| (ts.value(i), seq.value(i))));
+    }
+    want.sort_unstable();
+    let got: Vec<(i64, i64)> = serde_json::from_value(report["rows"].clone()).unwrap();
+    assert_eq!(got, want, "pyiceberg reads the window's and the repair's rows");
+    assert_eq!(report["repair_rows"], "3");
+}
