@@ -79,6 +79,9 @@ impl App {
         if let Some(n) = e.pipeline_depth {
             engine = engine.pipeline_depth(n);
         }
+        if let Some(d) = e.sweep_interval {
+            engine = engine.sweep_interval(d.0);
+        }
         if let Some(d) = e.stale_run_timeout {
             engine = engine.stale_run_timeout(d.0);
         }

@@ -79,7 +79,10 @@ pub fn timeouts(t: &TimeoutsSection) -> Timeout {
     let mut policy = Timeout::new(t.sink.0);
     for op in Op::ALL {
         let d = match (op, op.family()) {
-            (Op::Write | Op::Finish, _) => t.staging,
+            // Writing, and the sweep's counts and key scans, move data.
+            (Op::Write | Op::Finish | Op::SourceBucketCounts | Op::SinkBucketCounts | Op::Positions, _) => {
+                t.staging
+            }
             (Op::Cleanup, _) => t.cleanup,
             (_, Family::Source) => t.source,
             (_, Family::Store) => t.store,
@@ -88,5 +91,5 @@ pub fn timeouts(t: &TimeoutsSection) -> Timeout {
         policy = policy.op(op, d.0);
     }
     // The sink bounds its own commits (`timeouts.commit`, see `app::sink_config`).
-    policy.without(Op::Commit)
+    policy.without(Op::Commit).without(Op::CommitRepair)
 }

@@ -88,12 +88,16 @@ const SILVER_DDL: &str = "CREATE TABLE market.silver_trades (
         trade_conditions Array(String), vendor_data Map(String, String)
     ) ENGINE = MergeTree ORDER BY (exchange_timestamp, sequence_number)";
 
-fn silver_insert(since_seq: u64) -> String {
+/// Copies bronze rows with sequence numbers in `[since_seq, since_seq + n)` into
+/// silver. Both exchanges number their trades from 0, so silver's sequence is
+/// `2 × seq + (exchange = 'kraken')`: a row's position must be unique.
+fn silver_insert(since_seq: u64, n: u64) -> String {
+    let until = since_seq + n;
     format!(
         "INSERT INTO market.silver_trades SELECT toDateTime64(exchange_timestamp, 6, 'UTC') + toIntervalMicrosecond(sequence_number % 1000),
-            sequence_number, exchange, symbol, toDecimal128(price, 8), toDecimal128(quantity, 8), trade_conditions, vendor_data
-         FROM (SELECT *, 'binance' AS exchange FROM market.bronze_trades_binance WHERE sequence_number >= {since_seq}
-               UNION ALL SELECT *, 'kraken' AS exchange FROM market.bronze_trades_kraken WHERE sequence_number >= {since_seq})"
+            sequence_number * 2 + (exchange = 'kraken'), exchange, symbol, toDecimal128(price, 8), toDecimal128(quantity, 8), trade_conditions, vendor_data
+         FROM (SELECT *, 'binance' AS exchange FROM market.bronze_trades_binance WHERE sequence_number >= {since_seq} AND sequence_number < {until}
+               UNION ALL SELECT *, 'kraken' AS exchange FROM market.bronze_trades_kraken WHERE sequence_number >= {since_seq} AND sequence_number < {until})"
     )
 }
 
@@ -110,12 +114,20 @@ fn config_text(url: &str, dir: &Path) -> String {
     for table in TABLES {
         t += &format!(
             "\n[[tables]]\nname = \"{table}\"\ntimestamp_column = \"exchange_timestamp\"\n\
-             sequence_column = \"sequence_number\"\nlag = \"{LAG_SECS}s\"\npartition = [{{ transform = \"day\" }}]\n\
+             sequence_column = \"sequence_number\"\nlag = \"{LAG_SECS}s\"\nlate_horizon = \"7d\"\npartition = [{{ transform = \"day\" }}]\n\
              [tables.reconcile]\nsum_columns = [\"price\", \"quantity\"]\n"
         );
     }
     t
 }
+
+/// Late batches: their sequence numbers start here, far from the on-time ones.
+const LATE_SEQ: u64 = 1 << 40;
+/// Trades per late batch (per table), how old they are when they land, and
+/// after which bursts of the producer they land.
+const LATE_BATCH: u64 = 500;
+const LATE_AGE_MS: u64 = 60_000;
+const LATE_AT_BURSTS: [u64; 3] = [16, 32, 48];
 
 const TABLES: [&str; 3] = ["bronze_trades_binance", "bronze_trades_kraken", "silver_trades"];
 
@@ -162,6 +174,23 @@ fn absorb(line: &str, totals: &mut BTreeMap<String, Totals>) {
         return;
     };
     let words: Vec<&str> = rest.split_whitespace().collect();
+    // `<table>: late rows: N found in B buckets, R repaired ...`
+    if let [
+        "late",
+        "rows:",
+        _,
+        "found",
+        "in",
+        _,
+        "buckets,",
+        repaired,
+        "repaired",
+        ..,
+    ] = words.as_slice()
+    {
+        let t = totals.entry(table.to_owned()).or_default();
+        t.late += repaired.trim_end_matches([',', ';']).parse::<u64>().unwrap_or(0);
+    }
     if let [rows, "rows", "in", files, "files,", ..] = words.as_slice() {
         let t = totals.entry(table.to_owned()).or_default();
         t.rows += rows.parse::<u64>().unwrap_or(0);
@@ -180,6 +209,8 @@ fn absorb(line: &str, totals: &mut BTreeMap<String, Totals>) {
 #[derive(Default)]
 struct Totals {
     rows: u64,
+    /// Late rows the sweep repaired.
+    late: u64,
     windows: u64,
     files: u64,
     busy: Duration,
@@ -211,7 +242,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         front.query(&bronze_insert(&table, 0, args.rows, 10_000));
     }
     front.query(SILVER_DDL);
-    front.query(&silver_insert(0));
+    front.query(&silver_insert(0, args.rows));
     println!(
         "seeded {} rows into market.bronze_trades_{{binance,kraken}} and market.silver_trades in {:.1}s",
         args.rows * 4,
@@ -231,7 +262,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         move || {
             let mut next = first;
             let mut bursts = 0u64;
+            let mut late = 0u64;
             while arriving.load(Ordering::Relaxed) {
+                if LATE_AT_BURSTS.contains(&bursts) {
+                    // A consumer catching up: a minute-old batch per table,
+                    // far below every committed watermark.
+                    let seq = LATE_SEQ + late;
+                    for e in EXCHANGES {
+                        front.query(&bronze_insert(
+                            &format!("bronze_trades_{e}"),
+                            seq,
+                            LATE_BATCH,
+                            LATE_AGE_MS,
+                        ));
+                    }
+                    front.query(&silver_insert(seq, LATE_BATCH));
+                    late += LATE_BATCH;
+                    println!(
+                        "  (demo) {LATE_BATCH} trades {}s late into each table",
+                        LATE_AGE_MS / 1000
+                    );
+                }
                 for (i, e) in EXCHANGES.iter().enumerate() {
                     let late_ms = (bursts * 370 + i as u64 * 500) % 2_000;
                     front.query(&bronze_insert(
@@ -241,12 +292,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         late_ms,
                     ));
                 }
-                front.query(&silver_insert(next));
+                front.query(&silver_insert(next, 2_000));
                 next += 2_000;
                 bursts += 1;
                 std::thread::sleep(Duration::from_millis(250)); // arrival rate, not synchronisation
             }
-            next - first
+            (next - first, late)
         }
     });
 
@@ -284,12 +335,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status = child.wait()?;
     reader.join().map_err(|_| "the output reader panicked")?;
     arriving.store(false, Ordering::Relaxed);
-    let arrived = producer.await?;
+    let (arrived, late) = producer.await?;
     if !status.success() {
         return Err(format!("offload run ended with {status}").into());
     }
     println!(
-        "offload run stopped by SIGTERM ({status}); {arrived} new rows per bronze table arrived during the run"
+        "offload run stopped by SIGTERM ({status}); {arrived} new rows per bronze table arrived during the run, \
+         {late} of them a minute late"
     );
 
     // Drain: once the lag has passed for the last rows, every table catches up.
@@ -327,9 +379,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     println!(
-        "{:<22} {:>10} {:>10} {:>8} {:>6} {:>10} {:>12} {:>8}",
-        "table", "clickhouse", "iceberg", "windows", "files", "snapshots", "rows/s", "lag"
+        "{:<22} {:>10} {:>10} {:>8} {:>6} {:>10} {:>12} {:>8} {:>10}",
+        "table", "clickhouse", "iceberg", "windows", "files", "snapshots", "rows/s", "lag", "late rows"
     );
+    let mut late_repaired = 0;
     let mut all_equal = true;
     let mut locations = Vec::new();
     for (i, name) in TABLES.iter().enumerate() {
@@ -355,11 +408,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .as_f64()
             .map_or("-".into(), |l| format!("{l:.1}s"));
         println!(
-            "{name:<22} {in_ch:>10} {in_lake:>10} {:>8} {:>6} {:>10} {rate:>12.0} {lag:>8}",
+            "{name:<22} {in_ch:>10} {in_lake:>10} {:>8} {:>6} {:>10} {rate:>12.0} {lag:>8} {:>10}",
             tot.windows,
             st["files"].to_string(),
-            st["snapshots"].to_string()
+            st["snapshots"].to_string(),
+            tot.late
         );
+        late_repaired += tot.late;
         let committed = st["committed"]["utc"].as_str().unwrap_or("-").to_owned();
         locations.push((name, location, committed));
     }
@@ -404,6 +459,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "every ClickHouse row is in Iceberg exactly once: counts, distinct keys and key hashes match (read back by ClickHouse's icebergLocal)"
+    );
+    let injected = late * TABLES.len() as u64;
+    if late_repaired != injected {
+        return Err(format!(
+            "{injected} late rows injected, but the sweep reported {late_repaired} repaired"
+        )
+        .into());
+    }
+    println!(
+        "the {injected} late rows ({late} per table, a minute old when they landed) were found and offloaded by the late-row sweep"
     );
     if code != 0 || report.exit_code() != 0 {
         return Err(format!("offload reconcile: {}", report.verdict).into());

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use offload_core::{CancellationToken, Error, TableResult};
+use offload_core::{CancellationToken, Error, SweepSummary, TableResult};
 
 use super::{Common, startup_failed};
 use crate::app::App;
@@ -22,6 +22,12 @@ pub struct RunArgs {
 pub fn report(results: &[TableResult]) -> bool {
     let mut ok = true;
     for (table, r) in results {
+        if let Ok(s) = r
+            && let Some(sweep) = &s.sweep
+            && let Some(line) = sweep_line(sweep)
+        {
+            println!("{table}: {line}");
+        }
         match r {
             Ok(s) => match s.window {
                 Some(w) => println!(
@@ -40,6 +46,38 @@ pub fn report(results: &[TableResult]) -> bool {
         }
     }
     ok
+}
+
+/// What a sweep found, or `None` when it found nothing worth a line.
+pub fn sweep_line(s: &SweepSummary) -> Option<String> {
+    let mut parts = Vec::new();
+    if s.late_rows > 0 {
+        let age = s.oldest_late.map(|o| {
+            let now = offload_core::system_time_to_micros(std::time::SystemTime::now());
+            let secs = (now - o.timestamp_micros()).max(0) as u64 / 1_000_000;
+            offload_core::duration::format_duration(std::time::Duration::from_secs(secs))
+        });
+        parts.push(format!(
+            "late rows: {} found in {} buckets, {} repaired{}",
+            s.late_rows,
+            s.buckets_differing,
+            s.repaired_rows,
+            age.map(|a| format!(" (oldest {a} old)")).unwrap_or_default()
+        ));
+    }
+    if s.beyond_horizon_rows > 0 {
+        parts.push(format!(
+            "WARNING {} rows arrived older than late_horizon and are NOT offloaded (raise late_horizon and rerun)",
+            s.beyond_horizon_rows
+        ));
+    }
+    if s.excess_rows > 0 {
+        parts.push(format!(
+            "{} rows in Iceberg are gone from ClickHouse (expired upstream?), kept",
+            s.excess_rows
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Runs the subcommand.

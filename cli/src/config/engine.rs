@@ -31,6 +31,9 @@ pub struct EngineSection {
     /// (default: at start-up, then hourly; `"0s"` turns it off, leaving it to
     /// `offload cleanup`).
     pub cleanup_interval: Option<Dur>,
+    /// How often `offload run` sweeps each table for late rows (default 1m;
+    /// `"0s"` sweeps every cycle). `offload run --once` always sweeps.
+    pub sweep_interval: Option<Dur>,
 }
 
 impl Default for EngineSection {
@@ -43,6 +46,7 @@ impl Default for EngineSection {
             lease_ttl: default_lease(),
             stale_run_timeout: None,
             cleanup_interval: None,
+            sweep_interval: None,
         }
     }
 }

@@ -27,6 +27,12 @@ pub struct TableSection {
     pub batch_size: Option<usize>,
     /// Largest event-time span per run, from the second window on.
     pub max_window: Option<Dur>,
+    /// How far below the committed watermark each run sweeps for rows that
+    /// arrived after their window was committed (default 7d; `"0s"` turns the
+    /// sweep off). Rows older than this are reported, never repaired.
+    pub late_horizon: Option<Dur>,
+    /// Width of the time buckets the sweep compares (default 1h).
+    pub sweep_bucket: Option<Dur>,
     /// Extra ClickHouse `WHERE` condition, e.g. `symbol != 'TEST'` (row-only, no `now()`).
     pub filter: Option<String>,
     /// Iceberg partition fields, in order (default: `day` of the timestamp
@@ -97,6 +103,12 @@ impl TableSection {
         }
         if let Some(w) = self.max_window {
             b = b.max_window(w.0);
+        }
+        if let Some(h) = self.late_horizon {
+            b = b.late_horizon(h.0);
+        }
+        if let Some(w) = self.sweep_bucket {
+            b = b.sweep_bucket(w.0);
         }
         if let Some(fields) = &self.partition {
             let mut opts = IcebergTableOptions::default();
