@@ -281,7 +281,8 @@ pub struct SweepSummary {
 /// columns: what the engine diffs source rows with.
 ///
 /// Timestamps may be Arrow timestamps of any unit (floored to µs) or Int64
-/// microseconds; sequences any non-negative integer type.
+/// microseconds; sequences any non-negative integer type, or a decimal of
+/// scale 0 within `0..=u64::MAX` (how `UInt64` is held exactly).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -388,6 +389,15 @@ fn sequence_values(a: &dyn Array, name: &str) -> Result<Vec<u64>, Error> {
         DataType::Int16 => signed::<Int16Type>(a, name),
         DataType::Int32 => signed::<Int32Type>(a, name),
         DataType::Int64 => signed::<Int64Type>(a, name),
+        // How Iceberg (and the ClickHouse source by default) holds UInt64: decimal(20, 0).
+        DataType::Decimal128(_, 0) => a
+            .as_primitive::<Decimal128Type>()
+            .values()
+            .iter()
+            .map(|v| {
+                u64::try_from(*v).map_err(|_| unsupported(name, a, "holds a value outside 0..=u64::MAX"))
+            })
+            .collect(),
         _ => Err(unsupported(name, a, "expected an integer")),
     }
 }
@@ -427,6 +437,28 @@ mod tests {
             prop_assert_eq!(grid.bucket(i).contains(p), sub.index_of(p).is_some());
             prop_assert_eq!(sub.span(), grid.bucket(i));
         }
+    }
+
+    #[test]
+    fn decimal_sequences_are_read_exactly() {
+        use std::sync::Arc;
+        let seq = arrow_array::Decimal128Array::from(vec![0i128, u64::MAX as i128])
+            .with_precision_and_scale(20, 0)
+            .unwrap();
+        let ts = arrow_array::TimestampMicrosecondArray::from(vec![1, 2]);
+        let batch =
+            RecordBatch::try_from_iter([("ts", Arc::new(ts) as _), ("seq", Arc::new(seq) as _)]).unwrap();
+        assert_eq!(
+            batch_positions(&batch, "ts", "seq").unwrap(),
+            vec![Watermark::new(1, 0), Watermark::new(2, u64::MAX)]
+        );
+        let neg = arrow_array::Decimal128Array::from(vec![-1i128])
+            .with_precision_and_scale(20, 0)
+            .unwrap();
+        let ts = arrow_array::TimestampMicrosecondArray::from(vec![1]);
+        let batch =
+            RecordBatch::try_from_iter([("ts", Arc::new(ts) as _), ("seq", Arc::new(neg) as _)]).unwrap();
+        assert!(batch_positions(&batch, "ts", "seq").is_err());
     }
 
     #[test]

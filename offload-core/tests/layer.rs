@@ -104,7 +104,17 @@ fn meta(after: Watermark, until: Watermark, run_id: RunId) -> CommitMetadata {
 #[test]
 fn only_commits_write_finish_discard_and_abort_are_not_idempotent() {
     let not: Vec<Op> = Op::ALL.into_iter().filter(|op| !op.is_idempotent()).collect();
-    assert_eq!(not, [Op::Write, Op::Finish, Op::Abort, Op::Commit, Op::CommitRepair, Op::Discard]);
+    assert_eq!(
+        not,
+        [
+            Op::Write,
+            Op::Finish,
+            Op::Abort,
+            Op::Commit,
+            Op::CommitRepair,
+            Op::Discard
+        ]
+    );
     for op in Op::ALL {
         assert_eq!(Op::parse(op.name()), Some(op), "{op:?}");
     }
