@@ -372,3 +372,161 @@ async fn finds_what_offload_wrote_with_the_defaults() {
     assert_eq!((t.totals.clickhouse, t.totals.iceberg), (Some(350), Some(350)));
     assert_eq!(report.verdict, Verdict::Ok);
 }
+
+/// Late rows: the report says which `missing` buckets the engine's late-row
+/// sweep repairs (inside `late_horizon` below the committed watermark) and
+/// which it does not (older, or the sweep off), without changing a verdict;
+/// the next engine run then repairs exactly the first kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_buckets_name_what_the_sweep_repairs() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let ch = ClickHouseFront::start();
+    ch.query(&trades_ddl("trades"));
+    insert(&ch, "trades", &trades());
+    let lake = Lake::new().await;
+    // Watermark 7m09s, horizon 150 s, 30 s sweep buckets: the sweep starts at
+    // the 30 s bucket holding 4m39s, i.e. 4m30s (inside reconcile's minute 4).
+    let config = |horizon: Duration| {
+        offload_core::TableConfig::builder("trades")
+            .timestamp_column("ts")
+            .sequence_column("seq")
+            .lag(Duration::ZERO)
+            .late_horizon(horizon)
+            .sweep_bucket(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let table = config(Duration::from_secs(150));
+    let w = offload(&ch, &lake, &table).await;
+    assert_eq!(w, offload_core::Watermark::new(minute(7) + 9 * SECOND, 359));
+    let edge = minute(4) + 30 * SECOND;
+
+    // Four rows arrive late, below the watermark: two older than the horizon
+    // (minutes 1 and 4), two inside it (minutes 4 and 5).
+    let late = |ts: i64, seq: u64| Trade {
+        ts,
+        seq,
+        price_ticks: 9,
+        partition: 0,
+        offset: seq as i64,
+    };
+    insert(
+        &ch,
+        "trades",
+        &[
+            late(minute(1) + 10_500_000, 20_001),
+            late(minute(4) + 10_500_000, 20_002),
+            late(minute(4) + 50_500_000, 20_003),
+            late(minute(5) + 30_500_000, 20_004),
+        ],
+    );
+    let run = |spec: TableSpec| {
+        let (ch, lake) = (&ch, &lake);
+        async move { reconcile(ch, lake, minute(0), minute(7), spec).await }
+    };
+    let expect_missing = |report: &Report, buckets: &[i64]| {
+        let v = verdicts(report);
+        for (m, verdict) in &v {
+            let want = if buckets.contains(m) {
+                Verdict::Missing
+            } else {
+                Verdict::Ok
+            };
+            assert_eq!(*verdict, want, "minute {m}\n{}", report.render_table(true));
+        }
+        // The verdict and exit code are the reconciliation's, hints or not.
+        assert_eq!(report.verdict, Verdict::Missing);
+        assert_eq!(report.exit_code(), 1);
+    };
+
+    // From the engine's config: both hints, split at the sweep's edge.
+    let report = run(TableSpec::from_table_config(&table)).await;
+    let text = report.render_table(false);
+    println!("{text}");
+    expect_missing(&report, &[1, 4, 5]);
+    let t = &report.tables[0];
+    assert_eq!(t.late_horizon_micros, Some(150 * SECOND));
+    assert_eq!(t.late_repairable_from, Some(edge));
+    assert_eq!(
+        (t.late_repairable_buckets, t.late_repairable_rows),
+        (2, 2),
+        "minutes 4 (its key after the edge) and 5"
+    );
+    assert_eq!(
+        (t.late_unrepairable_buckets, t.late_unrepairable_rows),
+        (2, 2),
+        "minutes 1 and 4 (its key before the edge)"
+    );
+    for needle in [
+        "2 missing buckets are within late_horizon (2m 30s) of the committed watermark (2 row(s) from 2024-05-01T00:04:30",
+        "the next `offload run` sweep repairs them (rows that arrived late)",
+        "2 missing buckets are older than late_horizon (2m 30s; 2 row(s) before 2024-05-01T00:04:30",
+        "not repaired by the sweep; raise late_horizon and run again, or backfill",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in\n{text}");
+    }
+    let json = report.to_json();
+    assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let tj = &value["tables"][0];
+    assert_eq!(
+        (
+            &tj["late_repairable_buckets"],
+            &tj["late_repairable_rows"],
+            &tj["late_unrepairable_buckets"],
+            &tj["late_unrepairable_rows"],
+            &tj["late_horizon_micros"],
+            &tj["late_repairable_from"],
+        ),
+        (
+            &2.into(),
+            &2.into(),
+            &2.into(),
+            &2.into(),
+            &(150 * SECOND).into(),
+            &edge.into()
+        ),
+        "{json}"
+    );
+
+    // The sweep off (late_horizon 0): nothing repairable, and it says why.
+    let report = run(TableSpec::from_table_config(&config(Duration::ZERO))).await;
+    let text = report.render_table(false);
+    expect_missing(&report, &[1, 4, 5]);
+    let t = &report.tables[0];
+    assert_eq!((t.late_horizon_micros, t.late_repairable_from), (Some(0), None));
+    assert_eq!((t.late_repairable_buckets, t.late_repairable_rows), (0, 0));
+    assert_eq!((t.late_unrepairable_buckets, t.late_unrepairable_rows), (3, 4));
+    assert!(!text.contains("sweep repairs them"), "{text}");
+    assert!(
+        text.contains("3 missing buckets are not repaired by the sweep (4 row(s); late_horizon is 0s, the sweep is off)"),
+        "{text}"
+    );
+
+    // A spec that does not know the engine's horizon claims nothing.
+    let report = run(spec()).await;
+    expect_missing(&report, &[1, 4, 5]);
+    let t = &report.tables[0];
+    assert_eq!(t.late_horizon_micros, None);
+    assert_eq!((t.late_repairable_buckets, t.late_unrepairable_buckets), (0, 0));
+    assert!(!report.render_table(false).contains("late_horizon"));
+
+    // The hint is true: the next engine run repairs the two rows inside the
+    // horizon and only those.
+    let store = Arc::new(offload_core::memory::MemoryStore::new(offload_core::SystemClock));
+    let engine = offload_core::Offloader::builder(source(&ch), lake.sink.clone(), store)
+        .engine_id("reconcile-tests")
+        .build()
+        .unwrap();
+    let summary = engine.run_once(&table).await.unwrap();
+    let sweep = summary.sweep.expect("the run swept");
+    assert_eq!((summary.rows, sweep.repaired_rows), (0, 2), "{sweep:?}");
+    let report = run(TableSpec::from_table_config(&table)).await;
+    println!("{}", report.render_table(false));
+    expect_missing(&report, &[1, 4]);
+    let t = &report.tables[0];
+    assert_eq!((t.late_repairable_buckets, t.late_repairable_rows), (0, 0));
+    assert_eq!((t.late_unrepairable_buckets, t.late_unrepairable_rows), (2, 2));
+}

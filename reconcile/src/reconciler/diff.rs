@@ -142,6 +142,12 @@ impl Reconciler {
             buckets,
             error: None,
             elapsed_ms: 0,
+            late_horizon_micros: None,
+            late_repairable_from: None,
+            late_repairable_buckets: 0,
+            late_repairable_rows: 0,
+            late_unrepairable_buckets: 0,
+            late_unrepairable_rows: 0,
         })
     }
 

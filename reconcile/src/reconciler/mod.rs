@@ -173,6 +173,8 @@ impl Reconciler {
         if let (Some(k), Some(_)) = (&gathered.kafka, &r.kafka_columns) {
             self.list_offsets(&mut report, &r.ch_plan, k).await?;
         }
+        // After the keys are listed: a bucket straddling the sweep's edge is split by key.
+        report.classify_late_rows(committed.flatten(), spec.late_horizon, spec.sweep_bucket);
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use offload_core::{Sink, SinkTable, TableConfig, Watermark};
 use offload_sink_iceberg::IcebergTable;
@@ -142,6 +143,8 @@ pub struct TableSpec {
     pub(crate) kafka_columns: KafkaColumns,
     pub(crate) committed: CommittedSource,
     pub(crate) expired_before: Option<i64>,
+    pub(crate) late_horizon: Option<Duration>,
+    pub(crate) sweep_bucket: Duration,
 }
 
 impl TableSpec {
@@ -166,6 +169,8 @@ impl TableSpec {
             kafka_columns: KafkaColumns::Auto,
             committed: CommittedSource::TableMetadata,
             expired_before: None,
+            late_horizon: None,
+            sweep_bucket: offload_core::DEFAULT_SWEEP_BUCKET,
         }
     }
 
@@ -192,6 +197,8 @@ impl TableSpec {
             cfg.sequence_column(),
         )
         .iceberg_table(cfg.sink_table())
+        .late_horizon(cfg.late_horizon())
+        .sweep_bucket(cfg.sweep_bucket())
     }
 
     /// [`from_table_config`](TableSpec::from_table_config) of the handle's
@@ -273,6 +280,26 @@ impl TableSpec {
     /// ClickHouse's TTL horizon (µs): buckets starting before it may have lost rows there.
     pub fn expired_before(mut self, micros: i64) -> Self {
         self.expired_before = Some(micros);
+        self
+    }
+
+    /// The engine's [`TableConfig::late_horizon`] for this table (set by
+    /// [`from_table_config`](TableSpec::from_table_config); zero: the sweep is
+    /// off). With it, the report tells which `missing` buckets the next
+    /// sweep repairs ([`TableReport::late_repairable_buckets`](crate::TableReport::late_repairable_buckets))
+    /// and which it does not. Without it (the default of [`TableSpec::new`])
+    /// the report says nothing about the sweep.
+    pub fn late_horizon(mut self, horizon: Duration) -> Self {
+        self.late_horizon = Some(horizon);
+        self
+    }
+
+    /// The engine's [`TableConfig::sweep_bucket`] (default
+    /// [`DEFAULT_SWEEP_BUCKET`](offload_core::DEFAULT_SWEEP_BUCKET)): the sweep
+    /// repairs whole buckets of this width, so its edge is the start of the
+    /// bucket holding `committed watermark - late_horizon`.
+    pub fn sweep_bucket(mut self, width: Duration) -> Self {
+        self.sweep_bucket = width;
         self
     }
 }

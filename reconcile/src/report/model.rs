@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
+
+use offload_core::Watermark;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -492,6 +495,35 @@ pub struct TableReport {
     pub error: Option<String>,
     /// Wall time spent on the table.
     pub elapsed_ms: u64,
+    /// The engine's late horizon for the table, µs (`None`: not known; see
+    /// [`TableSpec::late_horizon`](crate::TableSpec::late_horizon); 0: the
+    /// late-row sweep is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_horizon_micros: Option<i64>,
+    /// Where the next sweep starts (µs): it repairs ClickHouse rows from here
+    /// up to the committed watermark that Iceberg lacks. The start of the sweep
+    /// bucket holding `committed watermark - late horizon`; `None` when nothing
+    /// is committed, the horizon is not known or it is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_repairable_from: Option<i64>,
+    /// Buckets with ClickHouse rows at or below the committed watermark
+    /// missing from Iceberg (a `missing` finding that counts) inside the late
+    /// horizon: rows that arrived late, which the next `offload run` sweep
+    /// commits. A bucket straddling [`late_repairable_from`](Self::late_repairable_from)
+    /// counts here and in [`late_unrepairable_buckets`](Self::late_unrepairable_buckets)
+    /// when its listed keys fall on both sides (unlisted: here).
+    #[serde(default)]
+    pub late_repairable_buckets: u64,
+    /// The missing rows of those buckets the sweep repairs.
+    #[serde(default)]
+    pub late_repairable_rows: u64,
+    /// Buckets with missing rows older than the late horizon (or any, when
+    /// the sweep is off): the sweep does not repair them.
+    #[serde(default)]
+    pub late_unrepairable_buckets: u64,
+    /// The missing rows of those buckets the sweep does not repair.
+    #[serde(default)]
+    pub late_unrepairable_rows: u64,
 }
 
 impl TableReport {
@@ -515,7 +547,82 @@ impl TableReport {
             verdict: Verdict::Error,
             error: Some(error.to_string()),
             elapsed_ms,
+            late_horizon_micros: None,
+            late_repairable_from: None,
+            late_repairable_buckets: 0,
+            late_repairable_rows: 0,
+            late_unrepairable_buckets: 0,
+            late_unrepairable_rows: 0,
         }
+    }
+
+    /// Splits the `missing` Iceberg rows into those the engine's late-row
+    /// sweep repairs (inside `late_horizon` below the committed watermark,
+    /// aligned down to a sweep bucket, as the engine's grid is) and those it
+    /// does not. Verdicts are unchanged. Nothing is set without a horizon.
+    pub(crate) fn classify_late_rows(
+        &mut self,
+        committed: Option<Watermark>,
+        late_horizon: Option<Duration>,
+        sweep_bucket: Duration,
+    ) {
+        let Some(horizon) = late_horizon else {
+            return;
+        };
+        let horizon = i64::try_from(horizon.as_micros()).unwrap_or(i64::MAX);
+        self.late_horizon_micros = Some(horizon);
+        let Some(committed) = committed else {
+            return;
+        };
+        let width = i64::try_from(sweep_bucket.as_micros()).unwrap_or(i64::MAX).max(1);
+        // `None`: the sweep is off, nothing is repairable.
+        let edge = (horizon > 0).then(|| {
+            committed
+                .timestamp_micros()
+                .saturating_sub(horizon)
+                .div_euclid(width)
+                .saturating_mul(width)
+        });
+        self.late_repairable_from = edge;
+        let (mut rb, mut rr, mut ub, mut ur) = (0, 0, 0, 0);
+        for b in &self.buckets {
+            let (mut repairable, mut older) = (0u64, 0u64);
+            for f in b
+                .findings
+                .iter()
+                .filter(|f| f.verdict == Verdict::Missing && f.layer == Layer::Iceberg && !f.tolerated)
+            {
+                match edge {
+                    None => older += f.rows,
+                    Some(e) if b.start >= e => repairable += f.rows,
+                    Some(e) if b.end <= e => older += f.rows,
+                    Some(e) => {
+                        // Straddles the edge: by key when every key is listed.
+                        let missing = f.keys.iter().filter(|k| k.kind == KeyDiffKind::Missing);
+                        let inside = missing.clone().filter(|k| k.ts >= e).count() as u64;
+                        let outside = missing.count() as u64 - inside;
+                        if f.unlisted == 0 && inside + outside == f.rows {
+                            repairable += inside;
+                            older += outside;
+                        } else {
+                            repairable += f.rows;
+                        }
+                    }
+                }
+            }
+            if repairable > 0 {
+                rb += 1;
+                rr += repairable;
+            }
+            if older > 0 {
+                ub += 1;
+                ur += older;
+            }
+        }
+        self.late_repairable_buckets = rb;
+        self.late_repairable_rows = rr;
+        self.late_unrepairable_buckets = ub;
+        self.late_unrepairable_rows = ur;
     }
 
     /// The buckets with this verdict.

@@ -69,6 +69,47 @@ impl Report {
     }
 }
 
+/// What the engine's late-row sweep does about the table's `missing`
+/// buckets (see [`TableReport::late_repairable_buckets`]): one line each for
+/// the buckets it repairs and for those it does not.
+pub(crate) fn late_rows_hints(t: &TableReport) -> Vec<String> {
+    let Some(horizon) = t.late_horizon_micros else {
+        return Vec::new();
+    };
+    let h = offload_core::duration::format_duration(std::time::Duration::from_micros(
+        horizon.max(0).unsigned_abs(),
+    ));
+    let plural = |n: u64| if n == 1 { "bucket is" } else { "buckets are" };
+    let mut out = Vec::new();
+    if t.late_repairable_buckets > 0 {
+        out.push(format!(
+            "{} missing {} within late_horizon ({h}) of the committed watermark ({} row(s) from {}): \
+             the next `offload run` sweep repairs them (rows that arrived late)",
+            t.late_repairable_buckets,
+            plural(t.late_repairable_buckets),
+            t.late_repairable_rows,
+            t.late_repairable_from.map(rfc3339_micros).unwrap_or_default(),
+        ));
+    }
+    if t.late_unrepairable_buckets > 0 {
+        let (n, rows) = (t.late_unrepairable_buckets, t.late_unrepairable_rows);
+        out.push(match t.late_repairable_from {
+            Some(from) => format!(
+                "{n} missing {} older than late_horizon ({h}; {rows} row(s) before {}): \
+                 not repaired by the sweep; raise late_horizon and run again, or backfill",
+                plural(n),
+                rfc3339_micros(from),
+            ),
+            None => format!(
+                "{n} missing {} not repaired by the sweep ({rows} row(s); late_horizon is {h}, the sweep is off): \
+                 set late_horizon and run again, or backfill",
+                plural(n),
+            ),
+        });
+    }
+    out
+}
+
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
@@ -137,6 +178,9 @@ fn render_one(o: &mut String, t: &TableReport, all_buckets: bool) {
         opt(t.totals.iceberg),
         t.elapsed_ms
     );
+    for line in late_rows_hints(t) {
+        let _ = writeln!(o, "  {line}");
+    }
     let shown: Vec<&BucketReport> = t
         .buckets
         .iter()
