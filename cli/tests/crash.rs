@@ -3,7 +3,10 @@
 //! rows keep arriving inside the lag, race several workers on one table, pause
 //! one past its lease, and prove after each scenario that every ClickHouse row
 //! is in Iceberg exactly once and the store equals the table's committed
-//! watermark. See `reliability/README.md`.
+//! watermark. Rows also arrive late throughout — seconds late, hours late,
+//! and older than `late_horizon` — and the judge expects every row inside the
+//! horizon exactly once and exactly the ones beyond it missing and reported.
+//! See `reliability/README.md`.
 //!
 //! Soak: `OFFLOAD_SOAK_KILLS=200 cargo test -p offload-cli --test crash -- --nocapture soak`
 //! (`OFFLOAD_SOAK_SEED` replays a given sequence of kills).
@@ -14,7 +17,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use offload_core::WatermarkStore;
 use offload_reconcile::{KeyDiffKind, Verdict};
-use support::{Catalog, Lake, Rng, SIGABRT, State, Store, kill_after};
+use support::{Catalog, HOURS_LATE_MS, Lake, Rng, SIGABRT, State, Store, kill_after};
+
+/// Sequence numbers of late rows start here, apart from the on-time ones.
+const LATE: u64 = 1_000_000_000;
 
 /// Base window, a crash at `point`, rows arriving while the program is down,
 /// restarts, then the judge.
@@ -26,6 +32,11 @@ async fn crash_scenario(name: &str, catalog: Catalog, store: Store, point: &str,
     assert!(base.committed.is_some(), "[{name}] base window not committed");
     assert_eq!(base.store, base.committed, "[{name}] base");
 
+    // Late rows for the crashed run's sweep: seconds late, hours late, and
+    // older than the horizon (never offloaded; reported).
+    s.insert_late(LATE, 300, 30_000);
+    s.insert_late(LATE + 300, 200, HOURS_LATE_MS);
+    s.insert_beyond(LATE + 500, 100);
     s.insert(3_000, 2_000, 5, 3_000); // the crashed run's window: 4 batches of 500
     s.insert(5_000, 500, 5, 300); // inside the lag
     s.crash_at(point);
@@ -51,8 +62,9 @@ async fn crash_scenario(name: &str, catalog: Catalog, store: Store, point: &str,
         ),
     }
 
-    // Rows that arrived while the program was down, inside the lag; restart.
+    // Rows that arrived while the program was down, inside the lag and late; restart.
     s.insert(5_500, 700, 7, 1_000);
+    s.insert_late(LATE + 600, 150, 45_000);
     s.run_ok();
     let restarted = s.state().await;
     assert_eq!(restarted.store, restarted.committed, "[{name}] after restart");
@@ -64,7 +76,7 @@ async fn crash_scenario(name: &str, catalog: Catalog, store: Store, point: &str,
     s.run_ok();
 
     let v = s.verify(pyiceberg).await;
-    assert_eq!(v.rows, 6_700, "[{name}] rows in the source");
+    assert_eq!(v.rows, 6_700 + 750, "[{name}] rows in the source");
     eprintln!(
         "[{name}] OK: {} rows, {} windows, 0 lost, 0 duplicated",
         v.rows, v.windows
@@ -115,6 +127,66 @@ async fn crash_after_store_update() {
         Catalog::Sqlite,
         Store::File,
         "store.compare_and_set.after",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_sweep_counts() {
+    crash_scenario(
+        "after_sweep_counts",
+        Catalog::Sqlite,
+        Store::File,
+        "sink.bucket_counts.after",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_sweep_keys() {
+    crash_scenario(
+        "after_sweep_keys",
+        Catalog::Sqlite,
+        Store::File,
+        "sink.positions.after",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_repair_commit() {
+    crash_scenario(
+        "before_repair",
+        Catalog::Sqlite,
+        Store::File,
+        "sink.commit_repair.before",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_repair_commit() {
+    crash_scenario(
+        "after_repair",
+        Catalog::Sqlite,
+        Store::File,
+        "sink.commit_repair.after",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_repair_commit_on_the_postgres_catalog() {
+    crash_scenario(
+        "after_repair_pg",
+        Catalog::Postgres,
+        Store::Postgres,
+        "sink.commit_repair.after",
         false,
     )
     .await;
@@ -322,6 +394,8 @@ async fn soak() {
     // Random kill times span a clean run's duration (and a little beyond).
     let mut typical = t.elapsed();
     let mut next_seq = 3_000u64;
+    let mut late_seq = LATE;
+    let mut late_kinds = [0u64; 3];
     let (mut kills, mut fp_kills, mut sig_kills, mut finished) = (0u64, 0u64, 0u64, 0u64);
     let mut last = s.state().await;
     let mut iteration = 0u64;
@@ -337,13 +411,30 @@ async fn soak() {
         let n = 100 + rng.below(600);
         s.insert(next_seq, n, 1 + n / 200, rng.below(1_200) as i64);
         next_seq += n;
+        // And now and then rows that arrive late: seconds late, hours late,
+        // or older than the horizon.
+        if rng.below(10) < 4 {
+            let m = 20 + rng.below(200);
+            let kind = rng.below(3) as usize;
+            match kind {
+                0 => s.insert_late(late_seq, m, 5_000 + rng.below(55_000) as i64),
+                1 => s.insert_late(late_seq, m, HOURS_LATE_MS - rng.below(3_600_000) as i64),
+                _ => s.insert_beyond(late_seq, m),
+            }
+            late_kinds[kind] += m;
+            late_seq += m;
+        }
 
         let killed = if rng.below(10) < 6 {
-            let fp = match rng.below(5) {
+            let fp = match rng.below(9) {
                 0 => "store.acquire_lease.after".to_owned(),
                 1 => format!("sink.write.after={}", 1 + rng.below(3)),
                 2 => "sink.commit.before".to_owned(),
                 3 => "sink.commit.after".to_owned(),
+                4 => "sink.bucket_counts.after".to_owned(),
+                5 => "sink.positions.after".to_owned(),
+                6 => "sink.commit_repair.before".to_owned(),
+                7 => "sink.commit_repair.after".to_owned(),
                 _ => "store.compare_and_set.after".to_owned(),
             };
             let r = s.run(Some(&fp));
@@ -400,12 +491,16 @@ async fn soak() {
         }
     }
     let v = s.verify(true).await;
-    assert_eq!(v.rows, next_seq);
+    assert_eq!(v.rows, next_seq + (late_seq - LATE));
     println!(
         "soak seed={seed}: kills={kills} (failpoints={fp_kills}, sigkill={sig_kills}), runs finished={finished}, \
-         windows={}, rows={}, duplicates={}, lost={}, {:.0}s",
+         windows={}, rows={}, late rows: {} seconds late + {} hours late offloaded, {} beyond the horizon \
+         reported and not offloaded; duplicates={}, lost={}, {:.0}s",
         v.windows,
         v.rows,
+        late_kinds[0],
+        late_kinds[1],
+        late_kinds[2],
         v.duplicates,
         v.lost,
         started.elapsed().as_secs_f64()
@@ -425,9 +520,16 @@ async fn racing(workers: usize) {
     s.insert(0, 2_000, 5, 5_000);
     let mut next = 2_000;
     let mut reported = 0;
+    let mut late = 0;
     for round in 0..3 {
         s.insert(next, 500, 1, 0);
         next += 500;
+        if round > 0 {
+            // Late rows the racing workers' sweeps compete to repair.
+            s.insert_late(LATE + late, 100, 20_000);
+            s.insert_late(LATE + late + 100, 50, HOURS_LATE_MS);
+            late += 150;
+        }
         let children: Vec<_> = (0..workers)
             .map(|w| s.spawn(&cfg, None, &format!("race-{round}-{w}.log")))
             .collect();
@@ -449,7 +551,7 @@ async fn racing(workers: usize) {
         "windows in the table vs windows the workers reported"
     );
     let v = s.verify(false).await;
-    assert_eq!(v.rows, next);
+    assert_eq!(v.rows, next + late);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,7 +117,20 @@ pub struct Lake {
     pub lease_ttl: String,
     pub batch_size: usize,
     pub engine_id: Option<String>,
+    /// The sweep's horizon: rows arriving older than this are never offloaded.
+    pub late_horizon: String,
+    /// Sequence ranges `(first, n)` inserted older than the horizon, after
+    /// their window: the judge expects exactly these rows missing, and reported.
+    pub beyond: std::sync::Mutex<Vec<(u64, u64)>>,
 }
+
+/// How old rows that arrive "hours late" are: inside [`LATE_HORIZON`].
+pub const HOURS_LATE_MS: i64 = 2 * 3600 * 1000;
+/// The suite's `late_horizon`.
+pub const LATE_HORIZON: &str = "3h";
+/// How old rows that arrive beyond the horizon are: inside the hour below it
+/// that the sweep reports on.
+pub const BEYOND_MS: i64 = 4 * 3600 * 1000;
 
 impl Lake {
     pub fn new(name: &str, catalog: Catalog, store: Store) -> Self {
@@ -150,6 +163,8 @@ impl Lake {
             lease_ttl: "5m".into(),
             batch_size: 500,
             engine_id: Some("crash-suite".into()),
+            late_horizon: LATE_HORIZON.into(),
+            beyond: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -183,13 +198,15 @@ impl Lake {
             "[engine]\n{engine}lease_ttl = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
              [iceberg]\nwarehouse = \"{}/warehouse\"\n[iceberg.catalog]\n{}\n[store]\n{store}\n\
              [[tables]]\nname = \"trades\"\nsink_table = \"lake.trades\"\ntimestamp_column = \"ts\"\n\
-             sequence_column = \"seq\"\nlag = \"{lag}\"\nbatch_size = {}\n",
+             sequence_column = \"seq\"\nlag = \"{lag}\"\nbatch_size = {}\nlate_horizon = \"{}\"\n\
+             sweep_bucket = \"10m\"\n",
             self.lease_ttl,
             front().url(),
             self.db,
             self.dir.display(),
             self.catalog_section(),
             self.batch_size,
+            self.late_horizon,
         )
     }
 
@@ -214,6 +231,36 @@ impl Lake {
                 if(number % 5 = 0, NULL, toString(number)) FROM numbers({n})",
             self.db
         ));
+    }
+
+    /// `n` rows arriving now, `ms_ago` old: below the committed watermark when
+    /// that is newer (rows that arrive late).
+    pub fn insert_late(&self, first_seq: u64, n: u64, ms_ago: i64) {
+        self.insert(first_seq, n, 5, ms_ago);
+    }
+
+    /// `n` rows arriving [`BEYOND_MS`] old, older than the horizon: never
+    /// offloaded, and the judge expects exactly them missing.
+    pub fn insert_beyond(&self, first_seq: u64, n: u64) {
+        self.insert(first_seq, n, 5, BEYOND_MS);
+        self.beyond.lock().unwrap().push((first_seq, n));
+    }
+
+    /// SQL: whether `seq` is one of the rows inserted beyond the horizon.
+    pub fn beyond_sql(&self) -> String {
+        let b = self.beyond.lock().unwrap();
+        if b.is_empty() {
+            return "0".into();
+        }
+        b.iter()
+            .map(|(f, n)| format!("(seq BETWEEN {f} AND {})", f + n - 1))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    }
+
+    /// Rows inserted beyond the horizon.
+    pub fn beyond_rows(&self) -> u64 {
+        self.beyond.lock().unwrap().iter().map(|b| b.1).sum()
     }
 
     /// `offload <subcommand> --config <config> <args>`, fail points armed by `failpoints`.
@@ -296,8 +343,10 @@ impl Lake {
             .unwrap()
     }
 
-    /// Runs with no hold-back until there is nothing new (rows stopped arriving).
-    pub fn drain(&self) {
+    /// Runs with no hold-back until there is nothing new (rows stopped
+    /// arriving), every run sweeping. Returns the last run's output: its sweep
+    /// found nothing left to repair, and reports the rows beyond the horizon.
+    pub fn drain(&self) -> Run {
         let cfg = self.write_config("drain.toml", "0s", None);
         for _ in 0..20 {
             let r = Run::from_output(self.command(&cfg, None, "run", &["--once"]).output().unwrap());
@@ -307,8 +356,8 @@ impl Lake {
                 self.name,
                 r.describe()
             );
-            if r.stdout.contains("nothing new") {
-                return;
+            if r.stdout.contains("nothing new") && !r.stdout.contains("repaired") {
+                return r;
             }
         }
         panic!("[{}] drain did not reach `nothing new` in 20 runs", self.name);
@@ -430,17 +479,45 @@ impl Lake {
     /// chain, store == committed, and offload-reconcile ([`Lake::reconcile`],
     /// [`Lake::assert_reconciled`]).
     pub async fn verify(&self, pyiceberg: bool) -> Verdict {
-        self.drain();
+        let last = self.drain();
+        let beyond = self.beyond_sql();
+        let beyond_rows = self.beyond_rows();
+        if beyond_rows > 0 {
+            // The sweep tells an operator about every row it will never offload.
+            assert!(
+                last.stdout.contains(&format!(
+                    "WARNING {beyond_rows} rows arrived older than late_horizon"
+                )),
+                "[{}] the sweep must report the {beyond_rows} rows beyond the horizon: {}",
+                self.name,
+                last.describe()
+            );
+        }
         let path = self.table_path().await;
-        let expected = self.ch(&format!("SELECT {FIGURES} FROM {}.trades FORMAT TSV", self.db));
+        let expected = self.ch(&format!(
+            "SELECT {FIGURES} FROM {}.trades WHERE NOT ({beyond}) FORMAT TSV",
+            self.db
+        ));
         let ice = format!("icebergLocal('{path}')");
         let lost: u64 = self
             .ch(&format!(
-                "SELECT count() FROM {}.trades WHERE seq NOT IN (SELECT seq FROM {ice})",
+                "SELECT count() FROM {}.trades WHERE seq NOT IN (SELECT seq FROM {ice}) AND NOT ({beyond})",
                 self.db
             ))
             .parse()
             .unwrap();
+        let beyond_held: u64 = self
+            .ch(&format!(
+                "SELECT count() FROM {}.trades WHERE seq IN (SELECT seq FROM {ice}) AND ({beyond})",
+                self.db
+            ))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            beyond_held, 0,
+            "[{}] rows that arrived older than the horizon cannot have been offloaded",
+            self.name
+        );
         let duplicates: u64 = self
             .ch(&format!("SELECT count() - uniqExact(seq) FROM {ice}"))
             .parse()
@@ -585,11 +662,25 @@ impl Lake {
             "ClickHouse rows in the range {:?}, in the source {rows}: the range must cover every row",
             t.totals.clickhouse
         );
+        let beyond = self.beyond_rows();
         ensure!(
-            t.totals.iceberg == Some(rows),
-            "Iceberg rows counted {:?}, source rows {rows}",
+            t.totals.iceberg == Some(rows - beyond),
+            "Iceberg rows counted {:?}, source rows {rows} of which {beyond} arrived beyond the horizon",
             t.totals.iceberg
         );
+        // The minute buckets holding rows that arrived beyond the horizon: `missing`.
+        let beyond_buckets: std::collections::BTreeSet<i64> = if beyond == 0 {
+            Default::default()
+        } else {
+            self.ch(&format!(
+                "SELECT DISTINCT toUnixTimestamp64Micro(toDateTime64(toStartOfMinute(ts), 6)) FROM {}.trades WHERE {} FORMAT TSV",
+                self.db,
+                self.beyond_sql()
+            ))
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+        };
         ensure!(
             t.content_columns.iter().any(|c| c.name == "price")
                 && t.content_columns.iter().any(|c| c.name == "trade_id"),
@@ -605,6 +696,14 @@ impl Lake {
                 Watermark::new(b.start, 0) <= committed,
                 "bucket {at} lies beyond the committed watermark {committed} after the drain"
             );
+            if beyond_buckets.contains(&b.start) {
+                ensure!(
+                    b.verdict == V::Missing,
+                    "bucket {at} holds rows that arrived beyond the horizon: expected missing, got {}",
+                    b.verdict
+                );
+                continue;
+            }
             let expected = V::Ok;
             ensure!(
                 b.verdict == expected && b.findings.is_empty(),
@@ -625,10 +724,16 @@ impl Lake {
                 b.iceberg
             );
         }
+        let want = if beyond == 0 { V::Ok } else { V::Missing };
         ensure!(
-            report.verdict == V::Ok && report.exit_code() == 0,
-            "overall verdict {}",
+            report.verdict == want,
+            "overall verdict {} (expected {want})",
             report.verdict
+        );
+        ensure!(
+            (report.exit_code() == 0) == (beyond == 0),
+            "exit code {} with {beyond} rows beyond the horizon",
+            report.exit_code()
         );
         Ok(())
     }
