@@ -20,6 +20,9 @@
 //! 2. `clickhouse`: ClickHouse's own Iceberg writer, `INSERT INTO` an
 //!    `IcebergLocal` table `SELECT` from the source table;
 //! 3. `pyiceberg`: `benches/peers/pyiceberg_append.py`.
+//! 4. `sweep`: the late-row sweep on a copy of the table the engine
+//!    offloaded: `run_once` with nothing new, sweep on vs `late_horizon = 0`,
+//!    and the `run_once` that repairs 1% of one sweep bucket arriving late.
 //!
 //! Every output is read back through ClickHouse (`icebergLocal`) and checked
 //! (row count and a content hash over every column) before its time counts.
@@ -59,10 +62,11 @@ enum System {
     Clickhouse,
     ClickhouseDefaults,
     Pyiceberg,
+    Sweep,
 }
 
 impl System {
-    const ALL: [System; 8] = [
+    const ALL: [System; 9] = [
         System::Ceiling,
         System::Source,
         System::Engine,
@@ -71,6 +75,7 @@ impl System {
         System::Clickhouse,
         System::ClickhouseDefaults,
         System::Pyiceberg,
+        System::Sweep,
     ];
 
     fn label(self) -> &'static str {
@@ -83,6 +88,7 @@ impl System {
             System::Clickhouse => "2  ClickHouse INSERT INTO IcebergLocal",
             System::ClickhouseDefaults => "2d ClickHouse INSERT, default threads",
             System::Pyiceberg => "3  pyiceberg: ArrowStream -> append",
+            System::Sweep => "4  late-row sweep (own table below)",
         }
     }
 
@@ -96,6 +102,7 @@ impl System {
             System::Clickhouse => "clickhouse",
             System::ClickhouseDefaults => "clickhouse-defaults",
             System::Pyiceberg => "pyiceberg",
+            System::Sweep => "sweep",
         }
     }
 
@@ -243,13 +250,25 @@ fn server_cpu(pid: u32) -> f64 {
 }
 
 fn table_config(table: &str, batch_size: usize) -> Result<TableConfig, BoxError> {
-    Ok(TableConfig::builder(table)
+    table_config_with(table, batch_size, None)
+}
+
+/// [`table_config`] with a late horizon (`None`: the engine's default, 7 days).
+fn table_config_with(
+    table: &str,
+    batch_size: usize,
+    late_horizon: Option<Duration>,
+) -> Result<TableConfig, BoxError> {
+    let mut builder = TableConfig::builder(table)
         .sink_table(format!("{DATABASE}.{table}"))
         .timestamp_column("exchange_timestamp")
         .sequence_column("sequence_number")
         .lag(Duration::from_secs(60))
-        .batch_size(batch_size)
-        .build()?)
+        .batch_size(batch_size);
+    if let Some(h) = late_horizon {
+        builder = builder.late_horizon(h);
+    }
+    Ok(builder.build()?)
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -431,7 +450,258 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
             ))
         }
         System::Pyiceberg => Err("pyiceberg runs as a Python process, not a harness child".into()),
+        System::Sweep => sweep_child(args, url, table_name, out).await,
     }
+}
+
+/// Idle sweep samples per child: sweep on and sweep off, alternating.
+const SWEEP_IDLE_SAMPLES: usize = 5;
+/// One late row per this many rows of the chosen bucket (1%).
+const LATE_EVERY: u64 = 100;
+/// Added to a copied row's sequence number: the late copies are new rows.
+const LATE_SEQUENCE_OFFSET: u64 = 1_000_000_000_000;
+
+async fn tsv(client: &clickhouse::Client, sql: &str) -> Result<String, BoxError> {
+    let mut cursor = client.query_raw(sql).fetch_bytes("TSV")?;
+    let mut text = Vec::new();
+    while let Some(chunk) = cursor.next().await? {
+        text.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(text)?)
+}
+
+async fn execute(client: &clickhouse::Client, sql: &str) -> Result<(), BoxError> {
+    Ok(client.query_raw(sql).execute().await?)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The late-row sweep on the engine's table (a copy of the source table, so
+/// the late rows disturb no other system): the window is offloaded, then
+/// `run_once` with nothing new is timed with the sweep on and off
+/// (alternating), then 1% of one sweep bucket's rows arrive late, below the
+/// committed watermark, and the `run_once` that repairs them is timed. Every
+/// run's summary is checked; the parent then checks the Iceberg table
+/// against the copy's count and content hash.
+async fn sweep_child(args: &Args, url: &str, table_name: &str, out: &Path) -> Result<Value, BoxError> {
+    let client = clickhouse::Client::default()
+        .with_url(url)
+        .with_database(DATABASE)
+        .with_compression(clickhouse::Compression::None);
+    let suffix = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("t")
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let copy = format!("{table_name}_sweep_{suffix}");
+
+    // Untimed: the engine's table, as a copy of the source table (one part).
+    execute(&client, &format!("DROP TABLE IF EXISTS {DATABASE}.{copy}")).await?;
+    execute(
+        &client,
+        &format!("CREATE TABLE {DATABASE}.{copy} AS {DATABASE}.{table_name}"),
+    )
+    .await?;
+    execute(
+        &client,
+        &format!("INSERT INTO {DATABASE}.{copy} SELECT * FROM {DATABASE}.{table_name}"),
+    )
+    .await?;
+    execute(&client, &format!("OPTIMIZE TABLE {DATABASE}.{copy} FINAL")).await?;
+    let source_rows: u64 = client
+        .query_raw(&format!("SELECT count() FROM {DATABASE}.{copy}"))
+        .fetch_one()
+        .await?;
+
+    // The data's span; the horizon covers all of it (at least the default 7 days).
+    let span_text = tsv(
+        &client,
+        &format!(
+            "SELECT toUnixTimestamp64Micro(min(exchange_timestamp)), toUnixTimestamp64Micro(max(exchange_timestamp)) \
+             FROM {DATABASE}.{copy}"
+        ),
+    )
+    .await?;
+    let (min_ts, max_ts) = span_text
+        .trim()
+        .split_once('\t')
+        .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
+        .ok_or_else(|| format!("unreadable span {span_text:?}"))?;
+    let hour = 3_600_000_000i64;
+    let span_hours = u64::try_from((max_ts - min_ts) / hour + 2)?;
+    let horizon = offload_core::DEFAULT_LATE_HORIZON.max(Duration::from_secs(3600 * span_hours));
+    let on = table_config_with(&copy, args.batch_size, Some(horizon))?;
+    let off = table_config_with(&copy, args.batch_size, Some(Duration::ZERO))?;
+    if on.sweep_bucket() != Duration::from_secs(3600) {
+        return Err(format!(
+            "the sweep bucket is {:?}, the late rows assume 1 h",
+            on.sweep_bucket()
+        )
+        .into());
+    }
+
+    let sink = sink(args, out).await?;
+    let store = FileStore::open(out.join("watermarks"))?;
+    let engine = Offloader::builder(
+        Arc::new(source(args, url)?),
+        Arc::new(sink.clone()),
+        Arc::new(store),
+    )
+    .build()?;
+
+    // The window, offloaded (timed: what the sweep is compared with).
+    let timer = Timer::start(args.front_pid);
+    let summary = engine.run_once(&on).await?;
+    let offload = timer.stop(summary.rows, json!({ "committed_files": summary.files }));
+    if summary.rows != source_rows || summary.sweep.is_some() {
+        return Err(format!(
+            "offload: {} rows (source {source_rows}), sweep {:?} on an empty table",
+            summary.rows, summary.sweep
+        )
+        .into());
+    }
+    let watermark = summary.window.ok_or("the offload committed no window")?.until();
+
+    // Nothing new, nothing late: run_once with the sweep on, then off (order
+    // alternating between samples).
+    let mut idle_on = Vec::new();
+    let mut idle_off = Vec::new();
+    let mut buckets_compared = 0;
+    for i in 0..SWEEP_IDLE_SAMPLES {
+        for sweep_on in if i % 2 == 0 { [true, false] } else { [false, true] } {
+            let cfg = if sweep_on { &on } else { &off };
+            let timer = Timer::start(args.front_pid);
+            let s = engine.run_once(cfg).await?;
+            let mut sample = timer.stop(s.rows, json!({}));
+            if s.rows != 0 || s.window.is_some() {
+                return Err(format!("idle run_once committed a window of {} rows", s.rows).into());
+            }
+            match (&s.sweep, sweep_on) {
+                (Some(sw), true) => {
+                    if sw.late_rows != 0
+                        || sw.buckets_differing != 0
+                        || sw.excess_rows != 0
+                        || sw.beyond_horizon_rows != 0
+                    {
+                        return Err(format!("idle sweep found differences: {sw:?}").into());
+                    }
+                    buckets_compared = sw.buckets;
+                    sample = with(sample, "sweep_seconds", sw.duration.as_secs_f64().into());
+                    idle_on.push(sample);
+                }
+                (None, false) => idle_off.push(sample),
+                (sw, _) => return Err(format!("sweep {sw:?} with sweep_on = {sweep_on}").into()),
+            }
+        }
+    }
+
+    // 1% of one sweep bucket (the hour of the first row) arrives late: copies of
+    // every 100th row of the bucket under new sequence numbers, below the
+    // committed watermark.
+    let bucket_lo = min_ts.div_euclid(hour) * hour;
+    let in_bucket = format!(
+        "toUnixTimestamp64Micro(exchange_timestamp) >= {bucket_lo} AND toUnixTimestamp64Micro(exchange_timestamp) < {}",
+        bucket_lo + hour
+    );
+    let bucket_rows: u64 = client
+        .query_raw(&format!(
+            "SELECT count() FROM {DATABASE}.{copy} WHERE {in_bucket}"
+        ))
+        .fetch_one()
+        .await?;
+    execute(
+        &client,
+        &format!(
+            "INSERT INTO {DATABASE}.{copy} SELECT exchange_timestamp, sequence_number + {LATE_SEQUENCE_OFFSET}, \
+             symbol, price, quantity, quote_volume, event_time, kafka_offset, kafka_partition, ingestion_timestamp \
+             FROM {DATABASE}.{copy} WHERE {in_bucket} AND sequence_number % {LATE_EVERY} = 0"
+        ),
+    )
+    .await?;
+    execute(&client, &format!("OPTIMIZE TABLE {DATABASE}.{copy} FINAL")).await?;
+    let late_text = tsv(
+        &client,
+        &format!(
+            "SELECT count(), toUnixTimestamp64Micro(max(exchange_timestamp)) FROM {DATABASE}.{copy} \
+             WHERE sequence_number >= {LATE_SEQUENCE_OFFSET}"
+        ),
+    )
+    .await?;
+    let (late_rows, late_max_ts) = late_text
+        .trim()
+        .split_once('\t')
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<i64>().ok()?)))
+        .ok_or_else(|| format!("unreadable late rows {late_text:?}"))?;
+    if late_rows == 0 || late_max_ts >= watermark.timestamp_micros() {
+        return Err(
+            format!("{late_rows} late rows, newest at {late_max_ts} µs, watermark {watermark}").into(),
+        );
+    }
+
+    // The repair.
+    let timer = Timer::start(args.front_pid);
+    let s = engine.run_once(&on).await?;
+    let mut repair = timer.stop(s.rows, json!({}));
+    let sw = s.sweep.ok_or("the repair run did not sweep")?;
+    if s.rows != 0 || sw.late_rows != late_rows || sw.repaired_rows != late_rows || sw.excess_rows != 0 {
+        return Err(format!(
+            "repair of {late_rows} late rows: window {} rows, sweep {sw:?}",
+            s.rows
+        )
+        .into());
+    }
+    repair = with(repair, "sweep_seconds", sw.duration.as_secs_f64().into());
+    repair = with(repair, "buckets_differing", sw.buckets_differing.into());
+    // The engine's own view afterwards: nothing left to repair.
+    let after = engine
+        .run_once(&on)
+        .await?
+        .sweep
+        .ok_or("no sweep after the repair")?;
+    if after.late_rows != 0 || after.excess_rows != 0 {
+        return Err(format!("after the repair the sweep still finds {after:?}").into());
+    }
+
+    let mut on_s: Vec<f64> = idle_on
+        .iter()
+        .map(|v| v["seconds"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let mut off_s: Vec<f64> = idle_off
+        .iter()
+        .map(|v| v["seconds"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let mut sweep_s: Vec<f64> = idle_on
+        .iter()
+        .map(|v| v["sweep_seconds"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let (on_median, off_median, sweep_median) = (median(&mut on_s), median(&mut off_s), median(&mut sweep_s));
+    let location = sink.load_table(&on).await?.metadata().location().to_owned();
+    Ok(json!({
+        "rows": summary.rows,
+        // The system's time: run_once with nothing new, sweep on (median).
+        "seconds": on_median,
+        "client_cpu": 0.0,
+        "server_cpu": 0.0,
+        "table_location": location,
+        "source_table": copy,
+        "late_horizon_seconds": horizon.as_secs(),
+        "sweep_bucket_seconds": on.sweep_bucket().as_secs(),
+        "buckets_compared": buckets_compared,
+        "data_span_micros": [min_ts, max_ts],
+        "offload": offload,
+        "idle_on": idle_on,
+        "idle_off": idle_off,
+        "idle_on_median_s": on_median,
+        "idle_off_median_s": off_median,
+        "idle_sweep_median_s": sweep_median,
+        "late_bucket_start_micros": bucket_lo,
+        "late_bucket_rows": bucket_rows,
+        "late_rows": late_rows,
+        "repair": repair,
+    }))
 }
 
 fn with(mut v: Value, key: &str, value: Value) -> Value {
@@ -518,14 +788,30 @@ fn parent(args: Args) -> Result<(), BoxError> {
         for &system in &systems {
             let tag = format!("{}-{i}", system.name());
             let run = run_system(&args, &setup, system, SOURCE_TABLE, &tag)?;
-            eprintln!(
-                "[{}/{repeat}] {:<10} {:>8.3} s  {:>12.0} rows/s  {}",
-                i + 1,
-                system.name(),
-                run.seconds,
-                run.rows as f64 / run.seconds,
-                run.checked
-            );
+            if system == System::Sweep {
+                let r = &run.raw;
+                eprintln!(
+                    "[{}/{repeat}] {:<10} offload {:.3} s, idle run_once sweep on {:.3} s / off {:.3} s, \
+                     repair of {} rows {:.3} s  {}",
+                    i + 1,
+                    system.name(),
+                    r["offload"]["seconds"].as_f64().unwrap_or(f64::NAN),
+                    r["idle_on_median_s"].as_f64().unwrap_or(f64::NAN),
+                    r["idle_off_median_s"].as_f64().unwrap_or(f64::NAN),
+                    r["late_rows"],
+                    r["repair"]["seconds"].as_f64().unwrap_or(f64::NAN),
+                    run.checked
+                );
+            } else {
+                eprintln!(
+                    "[{}/{repeat}] {:<10} {:>8.3} s  {:>12.0} rows/s  {}",
+                    i + 1,
+                    system.name(),
+                    run.seconds,
+                    run.rows as f64 / run.seconds,
+                    run.checked
+                );
+            }
             runs.push(run);
             if !args.keep && i + 1 < repeat {
                 let _ = std::fs::remove_dir_all(setup.run_dir.join(&tag));
@@ -562,6 +848,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         summary: &summary,
         rss: rss_run.as_ref().map(|r| (rss_rows, r)),
         load: (load_before, load_after),
+        sweep_runs: runs.iter().filter(|r| r.system == System::Sweep).collect(),
     };
     println!("{}", report.render());
 
@@ -591,6 +878,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         "seed_rows_per_second": SEED_ROWS_PER_S,
         "summary": summary.iter().map(|s| s.to_json(arrow_bytes, rows)).collect::<Vec<_>>(),
         "targets": report.targets_json(),
+        "sweep": report.sweep(),
         "rss_check": rss_run.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
     });
@@ -716,6 +1004,30 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
         )
         .into());
     }
+    // The sweep's source is its own copy of the table, with the late rows in it.
+    let expected = if system == System::Sweep {
+        let copy = raw["source_table"].as_str().ok_or("no source_table")?;
+        let late = raw["late_rows"].as_u64().ok_or("no late_rows")?;
+        let got = data::parse_checksum(
+            &setup
+                .front
+                .query(&data::bronze_checksum(&format!("{DATABASE}.{copy}"))),
+        )
+        .ok_or("unreadable checksum")?;
+        setup
+            .front
+            .query(&format!("DROP TABLE IF EXISTS {DATABASE}.{copy}"));
+        if got.0 != expected_rows + late || got.1 == expected_hash {
+            return Err(format!(
+                "sweep: the source copy holds {got:?}, expected {} rows (with {late} late) and a new hash",
+                expected_rows + late
+            )
+            .into());
+        }
+        got
+    } else {
+        (expected_rows, expected_hash)
+    };
     let checked = if system.writes() {
         let location = raw["table_location"].as_str().ok_or("no table_location")?;
         let got = data::parse_checksum(
@@ -724,11 +1036,10 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
                 .query(&data::bronze_checksum(&format!("icebergLocal('{location}')"))),
         )
         .ok_or("unreadable checksum")?;
-        if got != (expected_rows, expected_hash) {
+        if got != expected {
             return Err(format!(
-                "{}: the Iceberg table holds {got:?}, the source {:?}",
+                "{}: the Iceberg table holds {got:?}, the source {expected:?}",
                 system.name(),
-                setup.checksum
             )
             .into());
         }
@@ -814,9 +1125,147 @@ struct Report<'a> {
     summary: &'a [Summary],
     rss: Option<(u64, &'a Run)>,
     load: (Option<f64>, Option<f64>),
+    /// Every run of the sweep system (its figures are medians over all their samples).
+    sweep_runs: Vec<&'a Run>,
 }
 
 impl Report<'_> {
+    /// The late-row sweep's figures: medians over every sample of every sweep
+    /// run, and their ratios.
+    fn sweep(&self) -> Option<Value> {
+        if self.sweep_runs.is_empty() {
+            return None;
+        }
+        // `raw[part][key]` of every run, or of every sample when `raw[part]` is a list.
+        let all = |path: &[&str; 2]| -> Vec<f64> {
+            let [part, key] = *path;
+            let mut out = Vec::new();
+            for r in &self.sweep_runs {
+                match &r.raw[part] {
+                    Value::Array(samples) => out.extend(samples.iter().filter_map(|s| s[key].as_f64())),
+                    one => out.extend(one[key].as_f64()),
+                }
+            }
+            out
+        };
+        let m = |path: &[&str; 2]| median(&mut all(path));
+        let first = &self.sweep_runs[0].raw;
+        let offload_s = m(&["offload", "seconds"]);
+        let offload_rows = first["offload"]["rows"].as_f64().unwrap_or(f64::NAN);
+        let on = m(&["idle_on", "seconds"]);
+        let off = m(&["idle_off", "seconds"]);
+        let sweep = m(&["idle_on", "sweep_seconds"]);
+        let repair = m(&["repair", "seconds"]);
+        let repair_sweep = m(&["repair", "sweep_seconds"]);
+        let late = first["late_rows"].as_f64().unwrap_or(f64::NAN);
+        let bucket_rows = first["late_bucket_rows"].as_f64().unwrap_or(f64::NAN);
+        let offload_rps = offload_rows / offload_s;
+        let repair_rps = late / repair;
+        Some(json!({
+            "late_horizon_seconds": first["late_horizon_seconds"], "sweep_bucket_seconds": first["sweep_bucket_seconds"],
+            "buckets_compared": first["buckets_compared"],
+            "samples": { "runs": self.sweep_runs.len(), "idle_per_run": SWEEP_IDLE_SAMPLES },
+            "offload": { "rows": offload_rows, "seconds": offload_s, "rows_per_s": offload_rps,
+                         "client_cpu_s": m(&["offload", "client_cpu"]), "server_cpu_s": m(&["offload", "server_cpu"]) },
+            "idle": {
+                "run_once_sweep_on_s": on, "run_once_sweep_off_s": off, "sweep_s": sweep,
+                "sweep_on_client_cpu_s": m(&["idle_on", "client_cpu"]), "sweep_on_server_cpu_s": m(&["idle_on", "server_cpu"]),
+                "sweep_off_client_cpu_s": m(&["idle_off", "client_cpu"]), "sweep_off_server_cpu_s": m(&["idle_off", "server_cpu"]),
+                "added_by_sweep_s": on - off,
+                "sweep_on_over_offload": on / offload_s, "added_over_offload": (on - off) / offload_s,
+                "sweep_over_offload": sweep / offload_s, "sweep_on_over_sweep_off": on / off,
+            },
+            "repair": {
+                "late_rows": late, "bucket_rows": bucket_rows, "fraction_of_bucket": late / bucket_rows,
+                "buckets_differing": first["repair"]["buckets_differing"],
+                "run_once_s": repair, "sweep_s": repair_sweep,
+                "client_cpu_s": m(&["repair", "client_cpu"]), "server_cpu_s": m(&["repair", "server_cpu"]),
+                "over_idle_sweep_on": repair / on, "over_offload": repair / offload_s,
+                "rows_per_s": repair_rps, "rows_per_s_over_offload": repair_rps / offload_rps,
+                "bucket_rows_per_s": bucket_rows / repair,
+                "rows_per_s_over_engine_row": self.rate(System::Engine).map(|e| repair_rps / e),
+            },
+        }))
+    }
+
+    fn render_sweep(&self, v: &Value) -> String {
+        let f = |p: &str, k: &str| v[p][k].as_f64().unwrap_or(f64::NAN);
+        let mut s = format!(
+            "\nlate-row sweep: a copy of the table offloaded by the engine; late_horizon {} h (covers the data), \
+             {} s buckets, {} compared; medians of {} x {} idle samples, {} repair(s)\n",
+            v["late_horizon_seconds"].as_u64().unwrap_or(0) / 3600,
+            v["sweep_bucket_seconds"],
+            v["buckets_compared"],
+            v["samples"]["runs"],
+            v["samples"]["idle_per_run"],
+            v["samples"]["runs"],
+        );
+        s += &format!(
+            "  {:<52} {:>9} {:>15}  {}\n",
+            "run", "seconds", "CPU s cli+srv", "ratio"
+        );
+        s += &format!(
+            "  {:<52} {:>9.3} {:>15}  {} rows/s\n",
+            format!(
+                "offload of the window ({} rows)",
+                thousands(f("offload", "rows") as u64)
+            ),
+            f("offload", "seconds"),
+            format!(
+                "{:.2} + {:.2}",
+                f("offload", "client_cpu_s"),
+                f("offload", "server_cpu_s")
+            ),
+            thousands(f("offload", "rows_per_s") as u64),
+        );
+        s += &format!(
+            "  {:<52} {:>9.3} {:>15}\n",
+            "run_once, nothing new, sweep off (late_horizon 0)",
+            f("idle", "run_once_sweep_off_s"),
+            format!(
+                "{:.2} + {:.2}",
+                f("idle", "sweep_off_client_cpu_s"),
+                f("idle", "sweep_off_server_cpu_s")
+            ),
+        );
+        s += &format!(
+            "  {:<52} {:>9.3} {:>15}  {:.2}% of the offload, {:.2}x sweep off; the sweep itself {:.3} s ({:.2}%)\n",
+            "run_once, nothing new, sweep on",
+            f("idle", "run_once_sweep_on_s"),
+            format!(
+                "{:.2} + {:.2}",
+                f("idle", "sweep_on_client_cpu_s"),
+                f("idle", "sweep_on_server_cpu_s")
+            ),
+            100.0 * f("idle", "sweep_on_over_offload"),
+            f("idle", "sweep_on_over_sweep_off"),
+            f("idle", "sweep_s"),
+            100.0 * f("idle", "sweep_over_offload"),
+        );
+        s += &format!(
+            "  {:<52} {:>9.3} {:>15}  {:.2}x the idle sweep run, {:.0}% of the offload; {} late rows/s = {:.2}% of the offload's rows/s; \
+             the {} rows of the bucket diffed at {} rows/s\n",
+            format!(
+                "run_once repairing {} late rows ({:.2}% of a bucket)",
+                thousands(f("repair", "late_rows") as u64),
+                100.0 * f("repair", "fraction_of_bucket")
+            ),
+            f("repair", "run_once_s"),
+            format!(
+                "{:.2} + {:.2}",
+                f("repair", "client_cpu_s"),
+                f("repair", "server_cpu_s")
+            ),
+            f("repair", "over_idle_sweep_on"),
+            100.0 * f("repair", "over_offload"),
+            thousands(f("repair", "rows_per_s") as u64),
+            100.0 * f("repair", "rows_per_s_over_offload"),
+            thousands(f("repair", "bucket_rows") as u64),
+            thousands((f("repair", "bucket_rows") / f("repair", "run_once_s")) as u64),
+        );
+        s
+    }
+
     fn rate(&self, system: System) -> Option<f64> {
         self.summary
             .iter()
@@ -923,7 +1372,7 @@ impl Report<'_> {
             "system", "rows/s", "MB/s", "CPU s cli+srv", "peak RSS cli / srv", "files", "÷ engine"
         );
         let engine = self.rate(System::Engine);
-        for sum in self.summary {
+        for sum in self.summary.iter().filter(|s| s.system != System::Sweep) {
             let r = &sum.median;
             let rps = sum.rows_per_s();
             s += &format!(
@@ -954,6 +1403,10 @@ impl Report<'_> {
         s += "\nMB/s: the window's ArrowStream bytes per second. CPU: client process over the timed part + the\n\
               ClickHouse front process (chdb + Python HTTP) over the same span. Peak RSS: the client process\n\
               (whole life) / the front (reset before each system). ÷ engine: rows/s relative to row 1.\n\n";
+        if let Some(v) = self.sweep() {
+            s += &self.render_sweep(&v);
+            s += "\n";
+        }
         s += "targets:\n";
         for (what, measured, target, met) in self.targets() {
             s += &format!(
@@ -983,7 +1436,7 @@ fn thousands(v: u64) -> String {
     let digits = v.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
