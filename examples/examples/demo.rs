@@ -104,7 +104,7 @@ fn silver_insert(since_seq: u64, n: u64) -> String {
 fn config_text(url: &str, dir: &Path) -> String {
     let d = dir.display();
     let mut t = format!(
-        "[engine]\nid = \"demo\"\ninterval = \"2s\"\nconcurrency = 3\n\n\
+        "[engine]\nid = \"demo\"\ninterval = \"2s\"\nconcurrency = 3\nsweep_interval = \"4s\"\n\n\
          [clickhouse]\nurl = \"{url}\"\ndatabase = \"market\"\n\n\
          [iceberg]\nwarehouse = \"{d}/warehouse\"\nnamespace = \"market\"\n\
          [iceberg.catalog]\nkind = \"sqlite\"\npath = \"{d}/catalog.db\"\n\n\
@@ -460,7 +460,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "every ClickHouse row is in Iceberg exactly once: counts, distinct keys and key hashes match (read back by ClickHouse's icebergLocal)"
     );
-    let injected = late * TABLES.len() as u64;
+    // Each bronze table gets `late` rows; silver gets both exchanges' copies.
+    let injected = late * 2 * EXCHANGES.len() as u64;
     if late_repaired != injected {
         return Err(format!(
             "{injected} late rows injected, but the sweep reported {late_repaired} repaired"
@@ -468,7 +469,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     println!(
-        "the {injected} late rows ({late} per table, a minute old when they landed) were found and offloaded by the late-row sweep"
+        "the {injected} late rows ({late} per bronze table, {} in silver, a minute old when they landed) were found and offloaded by the late-row sweep",
+        late * EXCHANGES.len() as u64
     );
     if code != 0 || report.exit_code() != 0 {
         return Err(format!("offload reconcile: {}", report.verdict).into());
