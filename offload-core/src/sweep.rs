@@ -187,12 +187,12 @@ impl BucketGrid {
 /// assert_eq!(v.as_str(), "8231");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SinkVersion(String);
+pub struct SinkVersion(std::sync::Arc<str>);
 
 impl SinkVersion {
     /// Wraps the sink's own version text.
     pub fn new(v: impl Into<String>) -> Self {
-        Self(v.into())
+        Self(v.into().into())
     }
     /// The text form.
     pub fn as_str(&self) -> &str {
