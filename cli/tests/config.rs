@@ -236,6 +236,48 @@ fn a_missing_password_variable_names_the_key() {
     );
 }
 
+#[test]
+fn key_columns_derive_the_sequence_column() {
+    let derived = GOOD.replace(
+        "sequence_column = \"sequence_number\"",
+        "key_columns = [\"symbol\", \"trade_id\"]",
+    );
+    let cfg = Config::parse(&derived).unwrap();
+    let t = &cfg.table_configs().unwrap()[0];
+    assert_eq!(t.sequence_column(), "_offload_key");
+    let keys = t
+        .option::<ClickHouseTableOptions>()
+        .and_then(|o| o.key_columns_list());
+    assert_eq!(keys.unwrap(), ["symbol", "trade_id"]);
+    // A named derived column.
+    let named = derived.replace("lag = \"5m\"", "sequence_column = \"row_key\"\nlag = \"5m\"");
+    let t = &Config::parse(&named).unwrap().table_configs().unwrap()[0];
+    assert_eq!(t.sequence_column(), "row_key");
+    assert!(
+        t.option::<ClickHouseTableOptions>()
+            .unwrap()
+            .sequence_sql()
+            .is_some()
+    );
+    // Neither: a typed error naming the key path.
+    let neither = GOOD.replace("sequence_column = \"sequence_number\"\n", "");
+    let err = Config::parse(&neither)
+        .and_then(|c| c.table_configs())
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "tables[0].sequence_column"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("key_columns"), "{err}");
+    // An empty key list names its key too.
+    let empty = GOOD.replace("sequence_column = \"sequence_number\"", "key_columns = []");
+    let err = Config::parse(&empty).and_then(|c| c.table_configs()).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Invalid { key, .. } if key == "tables[0].key_columns"),
+        "{err:?}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 

@@ -166,6 +166,10 @@ pub(crate) struct ChPlan {
     pub table_sql: String,
     pub ts: (String, ColumnType),
     pub seq: (String, ColumnType),
+    /// The sequence's SQL when it is derived from key columns (the ClickHouse
+    /// source's [`derived::sequence_sql`](offload_source_clickhouse::derived::sequence_sql)),
+    /// `None` for a stored sequence column.
+    pub seq_sql: Option<String>,
     pub content: Vec<(String, ColumnType, ContentKind)>,
     pub sums: Vec<(String, ColumnType, ContentKind)>,
     pub kafka_columns: Option<(String, String)>,
@@ -191,7 +195,10 @@ impl ChPlan {
     }
 
     fn seq_u(&self) -> Result<String, Error> {
-        let c = quote_ident(&self.seq.0);
+        let c = match &self.seq_sql {
+            Some(sql) => sql.clone(),
+            None => quote_ident(&self.seq.0),
+        };
         match self.seq.1.base {
             ChType::Int {
                 signed: false,

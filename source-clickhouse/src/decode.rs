@@ -96,7 +96,7 @@ impl ArrowStreamDecoder {
                     type_name: type_name.to_owned(),
                     reason: format!("cannot parse the type: {}", e.0),
                 })?;
-                Ok((name.to_owned(), ch, type_name.to_owned()))
+                Ok((name.to_owned(), ch, type_name.to_owned(), None))
             })
             .collect::<Result<Vec<_>, ClickHouseError>>()?;
         let mapping = MappingOptions {

@@ -91,6 +91,21 @@ pub enum ClickHouseError {
         reason: String,
     },
 
+    /// The table's sequence is derived from key columns
+    /// ([`ClickHouseTableOptions::key_columns`](crate::ClickHouseTableOptions::key_columns)),
+    /// but the name configured for it (`TableConfig::sequence_column`) is
+    /// already a column of the table: the derived column would shadow it.
+    #[error(
+        "table {table} already has a column {column:?}: a sequence derived from key columns needs a \
+         sequence_column name that is not a column of the table"
+    )]
+    DerivedSequenceClash {
+        /// The table.
+        table: String,
+        /// The configured sequence column name.
+        column: String,
+    },
+
     /// A value does not fit the column's documented Arrow type (for example an
     /// `Int256` beyond `Decimal(38, 0)`, or a `UInt64` above `i64::MAX` when
     /// mapped to `Int64`).

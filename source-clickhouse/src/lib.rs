@@ -4,6 +4,7 @@
 pub mod columns;
 mod convert;
 mod decode;
+pub mod derived;
 mod error;
 pub mod ident;
 mod source;

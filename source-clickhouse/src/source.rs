@@ -104,6 +104,7 @@ impl Compression {
 #[non_exhaustive]
 pub struct ClickHouseTableOptions {
     filter: Option<String>,
+    key_columns: Option<Vec<String>>,
 }
 
 impl ClickHouseTableOptions {
@@ -131,14 +132,74 @@ impl ClickHouseTableOptions {
         self.filter.as_deref()
     }
 
+    /// The table has no sequence column: derive one from these key columns,
+    /// which together must be unique per row (see [`crate::derived`]).
+    ///
+    /// The sequence is computed by ClickHouse
+    /// ([`derived::sequence_sql`](crate::derived::sequence_sql)) and appears
+    /// as an extra `Int64` column named by `TableConfig::sequence_column`,
+    /// which must then *not* be a column of the table.
+    ///
+    /// ```
+    /// use offload_source_clickhouse::ClickHouseTableOptions;
+    /// let o = ClickHouseTableOptions::new().key_columns(["symbol", "trade_id"]);
+    /// assert_eq!(o.key_columns_list().unwrap(), ["symbol", "trade_id"]);
+    /// assert_eq!(
+    ///     o.sequence_sql().unwrap(),
+    ///     "toInt64(bitShiftRight(sipHash64(`symbol`, `trade_id`), 1))"
+    /// );
+    /// assert!(o.validate().is_ok());
+    /// assert!(ClickHouseTableOptions::new().key_columns(Vec::<String>::new()).validate().is_err());
+    /// ```
+    pub fn key_columns<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.key_columns = Some(columns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The key columns of a derived sequence, if set.
+    pub fn key_columns_list(&self) -> Option<&[String]> {
+        self.key_columns.as_deref()
+    }
+
+    /// The SQL of the derived sequence when key columns are set
+    /// ([`derived::sequence_sql`](crate::derived::sequence_sql)); `None` for
+    /// a table with a real sequence column.
+    pub fn sequence_sql(&self) -> Option<String> {
+        self.key_columns.as_deref().map(crate::derived::sequence_sql)
+    }
+
     /// The checks [`open`](Source::open) makes, for refusing a bad
     /// configuration before any connection: a filter that could escape its
     /// parentheses is [`ClickHouseError::InvalidConfig`] with field `"filter"`.
+    /// Key columns, when set, must be a non-empty list of valid,
+    /// distinct names ([`ClickHouseError::InvalidConfig`] with field
+    /// `"key_columns"`, or [`ClickHouseError::InvalidIdentifier`]).
     pub fn validate(&self) -> Result<(), ClickHouseError> {
-        match &self.filter {
-            Some(filter) => validate_filter(filter),
-            None => Ok(()),
+        if let Some(filter) = &self.filter {
+            validate_filter(filter)?;
         }
+        if let Some(keys) = &self.key_columns {
+            if keys.is_empty() {
+                return Err(ClickHouseError::InvalidConfig {
+                    field: "key_columns",
+                    reason: "must name at least one column".into(),
+                });
+            }
+            for (i, key) in keys.iter().enumerate() {
+                validate_identifier("key column", key)?;
+                if keys[..i].contains(key) {
+                    return Err(ClickHouseError::InvalidConfig {
+                        field: "key_columns",
+                        reason: format!("column {key:?} listed twice"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -38,17 +38,18 @@ pub(crate) struct BatchShape {
 
 impl BatchShape {
     /// The shape for `columns` (name, parsed type, type text as the server
-    /// printed it) under `mapping`, and the SELECT list that produces it:
-    /// columns in order, cast on the server where their ArrowStream form is not
-    /// the documented value.
+    /// printed it, and the SQL computing it when it is not a stored column,
+    /// as a derived sequence is) under `mapping`, and the SELECT list that
+    /// produces it: columns in order, cast on the server where their
+    /// ArrowStream form is not the documented value.
     pub(crate) fn for_columns(
-        columns: Vec<(String, ChType, String)>,
+        columns: Vec<(String, ChType, String, Option<String>)>,
         mapping: MappingOptions,
     ) -> Result<(BatchShape, String), ClickHouseError> {
         let mut fields = Vec::with_capacity(columns.len());
         let mut types = Vec::with_capacity(columns.len());
         let mut select = Vec::with_capacity(columns.len());
-        for (column, ch, type_name) in columns {
+        for (column, ch, type_name, expr) in columns {
             let arrow = ch
                 .arrow_type(mapping)
                 .map_err(|reason| ClickHouseError::UnsupportedType {
@@ -58,10 +59,11 @@ impl BatchShape {
                 })?;
             // Columns are matched by position, so casts need no alias (an alias
             // could shadow a column of the same name in the WHERE clause).
+            let value = expr.unwrap_or_else(|| quote_identifier(&column));
             select.push(if ch.needs_server_cast() {
-                format!("CAST({} AS {})", quote_identifier(&column), ch.wire_type_sql())
+                format!("CAST({value} AS {})", ch.wire_type_sql())
             } else {
-                quote_identifier(&column)
+                value
             });
             fields.push(Field::new(column, arrow, ch.is_nullable()).with_metadata(ch.field_metadata()));
             types.push(ch);

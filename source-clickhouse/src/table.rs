@@ -14,6 +14,7 @@ use offload_core::{BatchStream, BucketGrid, Error, SourceTable, TableConfig, Wat
 use crate::ClickHouseError;
 use crate::columns::{self, Column, ColumnKind, TableColumns};
 use crate::decode::ArrowStreamDecoder;
+use crate::derived;
 use crate::ident::{TableRef, quote_identifier, validate_identifier};
 use crate::source::{ARROW_SETTINGS, ClickHouseTableOptions};
 use crate::sql::{Cond, Positions, SeqColumn, TimeColumn};
@@ -37,6 +38,9 @@ pub struct ClickHouseTable {
     select_sql: String,
     filter: Option<String>,
     positions: Positions,
+    /// The derived sequence's SQL, when the table has key columns instead
+    /// of a sequence column.
+    derived: Option<String>,
     shape: Arc<BatchShape>,
     columns: TableColumns,
 }
@@ -69,11 +73,12 @@ impl ClickHouseTable {
             options.validate().map_err(|e| match e {
                 ClickHouseError::InvalidConfig { field, reason } => ClickHouseError::InvalidConfig {
                     field,
-                    reason: format!("filter for table {:?}: {reason}", table.name()),
+                    reason: format!("{field} for table {:?}: {reason}", table.name()),
                 },
                 e => e,
             })?;
         }
+        let key_columns = options.and_then(ClickHouseTableOptions::key_columns_list);
         let mut tref = TableRef::parse(table.source_table())?;
         if tref.database.is_none() {
             tref.database = default_database.map(str::to_owned);
@@ -103,11 +108,14 @@ impl ClickHouseTable {
             let (column, ch) = column(name)?;
             let ok = match role {
                 "timestamp" => TimeColumn::from_type(&ch).is_some(),
+                "key" => !ch.is_nullable(),
                 _ => SeqColumn::from_type(&ch).is_some(),
             };
             if !ok {
                 let reason = match role {
                     "timestamp" => "must be DateTime or DateTime64 (not Nullable)",
+                    // A NULL key would give the row no position.
+                    "key" => "a key column of a derived sequence must not be Nullable",
                     _ => "must be an integer of at most 64 bits, signed or unsigned (not Nullable)",
                 };
                 return Err(ClickHouseError::InvalidWatermarkColumn {
@@ -120,24 +128,59 @@ impl ClickHouseTable {
             Ok(ch)
         };
         let ts_type = watermark_column(table.timestamp_column(), "timestamp")?;
-        let seq_type = watermark_column(table.sequence_column(), "sequence")?;
+        // The sequence: a stored column, or derived from the key columns by
+        // an expression that then stands for it in every query.
+        let derived: Option<String> = match key_columns {
+            None => None,
+            Some(keys) => {
+                if discovered.get(table.sequence_column()).is_some() {
+                    return Err(ClickHouseError::DerivedSequenceClash {
+                        table: table_name.clone(),
+                        column: table.sequence_column().to_owned(),
+                    });
+                }
+                for key in keys {
+                    watermark_column(key, "key")?;
+                }
+                Some(derived::sequence_sql(keys))
+            }
+        };
+        let (seq_type, seq_sql) = match &derived {
+            None => (
+                watermark_column(table.sequence_column(), "sequence")?,
+                quote_identifier(table.sequence_column()),
+            ),
+            Some(sql) => (derived_type(), sql.clone()),
+        };
         let positions = Positions {
             ts: TimeColumn::from_type(&ts_type).expect("checked"),
             ts_sql: quote_identifier(table.timestamp_column()),
             seq: SeqColumn::from_type(&seq_type).expect("checked"),
-            seq_sql: quote_identifier(table.sequence_column()),
+            seq_sql,
         };
 
-        let selected: Vec<&str> = match table.columns() {
+        let mut selected: Vec<&str> = match table.columns() {
             Some(cols) => cols.iter().map(String::as_str).collect(),
             // Every stored column, MATERIALIZED ones included (which `SELECT *`
             // would leave out): ALIAS columns are computed on read and
             // EPHEMERAL ones are not stored at all.
             None => discovered.stored().map(|c| c.name.as_str()).collect(),
         };
+        if derived.is_some() && !selected.contains(&table.sequence_column()) {
+            // The derived sequence is materialised like any other column.
+            selected.push(table.sequence_column());
+        }
         let selected = selected
             .into_iter()
-            .map(|name| column(name).map(|(c, ch)| (name.to_owned(), ch, c.type_name.clone())))
+            .map(|name| match &derived {
+                Some(sql) if name == table.sequence_column() => Ok((
+                    name.to_owned(),
+                    derived_type(),
+                    derived::SEQUENCE_TYPE.to_owned(),
+                    Some(sql.clone()),
+                )),
+                _ => column(name).map(|(c, ch)| (name.to_owned(), ch, c.type_name.clone(), None)),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let (shape, select_sql) = BatchShape::for_columns(selected, mapping)?;
         Ok(ClickHouseTable {
@@ -148,6 +191,7 @@ impl ClickHouseTable {
             select_sql,
             filter: filter.map(str::to_owned),
             positions,
+            derived,
             shape: Arc::new(shape),
             columns: discovered,
         })
@@ -162,6 +206,19 @@ impl ClickHouseTable {
     /// The table as it appears in the SQL: `` `database`.`table` ``.
     pub fn table_sql(&self) -> &str {
         &self.table_sql
+    }
+
+    /// The SQL of the position's sequence as the source's queries use it:
+    /// the quoted sequence column, or the derived expression over the key
+    /// columns ([`derived::sequence_sql`]) when the table has no sequence
+    /// column.
+    pub fn sequence_sql(&self) -> &str {
+        &self.positions.seq_sql
+    }
+
+    /// Whether the sequence is derived from key columns.
+    pub fn is_sequence_derived(&self) -> bool {
+        self.derived.is_some()
     }
 
     /// The extra condition from [`ClickHouseTableOptions`], if any.
@@ -283,6 +340,11 @@ impl ClickHouseTable {
         )
         .await
     }
+}
+
+/// The type of a derived sequence ([`derived::SEQUENCE_TYPE`]).
+fn derived_type() -> ChType {
+    ChType::parse(derived::SEQUENCE_TYPE).expect("Int64 parses")
 }
 
 #[async_trait]

@@ -5,6 +5,12 @@
 //! Two table shapes: `DateTime64(6)` timestamps with a `UInt64` sequence, and
 //! `DateTime64(3)` timestamps with an `Int64` sequence (positions then fall on
 //! whole milliseconds, as the suite places them when "now" does).
+//!
+//! Not run on a table whose sequence is derived from key columns
+//! (`ClickHouseTableOptions::key_columns`): the suite inserts rows at
+//! sequences it chooses, and a derived sequence is a hash of the key, so no
+//! fixture can place a row at a chosen sequence. `tests/derived.rs` checks
+//! the same properties on the positions the server computes.
 
 mod common;
 

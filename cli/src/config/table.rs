@@ -17,8 +17,14 @@ pub struct TableSection {
     pub sink_table: Option<String>,
     /// Event-time column (`DateTime` / `DateTime64`).
     pub timestamp_column: String,
-    /// Sequence column (integer): orders rows sharing a timestamp.
-    pub sequence_column: String,
+    /// Sequence column (integer): orders rows sharing a timestamp. Optional
+    /// when `key_columns` is given: it then names the derived sequence
+    /// column (default `_offload_key`), which must not be a column of the table.
+    pub sequence_column: Option<String>,
+    /// For a table without a sequence column: columns that together are
+    /// unique per row; the sequence is derived from them in ClickHouse
+    /// (`sipHash64` of the key, see the README).
+    pub key_columns: Option<Vec<String>>,
     /// Columns to copy (default: all).
     pub columns: Option<Vec<String>>,
     /// Hold-back for late rows (default: the engine's, 5m).
@@ -87,11 +93,21 @@ impl TableSection {
         use offload_sink_iceberg::{IcebergTableOptions, PartitionField};
         use offload_source_clickhouse::ClickHouseTableOptions;
 
+        let sequence_column = match (&self.sequence_column, &self.key_columns) {
+            (Some(seq), _) => seq.clone(),
+            (None, Some(_)) => offload_source_clickhouse::derived::DEFAULT_SEQUENCE_COLUMN.to_owned(),
+            (None, None) => {
+                return Err(super::ConfigError::invalid(
+                    &format!("{key}.sequence_column"),
+                    "missing: give sequence_column, or key_columns for a table without one",
+                ));
+            }
+        };
         let mut b = offload_core::TableConfig::builder(&self.name)
             .source_table(self.source_table.clone().unwrap_or_else(|| self.name.clone()))
             .sink_table(self.sink_table.clone().unwrap_or_else(|| self.name.clone()))
             .timestamp_column(&self.timestamp_column)
-            .sequence_column(&self.sequence_column);
+            .sequence_column(sequence_column);
         if let Some(cols) = &self.columns {
             b = b.columns(cols.clone());
         }
@@ -128,8 +144,17 @@ impl TableSection {
             }
             b = b.option(opts);
         }
-        if let Some(sql) = &self.filter {
-            b = b.option(ClickHouseTableOptions::default().filter(sql));
+        if self.filter.is_some() || self.key_columns.is_some() {
+            let mut opts = ClickHouseTableOptions::default();
+            if let Some(sql) = &self.filter {
+                opts = opts.filter(sql);
+            }
+            if let Some(keys) = &self.key_columns {
+                opts = opts.key_columns(keys.clone());
+                opts.validate()
+                    .map_err(|e| super::ConfigError::invalid(&format!("{key}.key_columns"), e.to_string()))?;
+            }
+            b = b.option(opts);
         }
         b.build().map_err(|source| super::ConfigError::Table {
             key: key.to_owned(),

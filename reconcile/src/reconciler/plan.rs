@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use iceberg::TableIdent;
 use offload_core::{SinkTable, Watermark};
+use offload_source_clickhouse::ClickHouseTableOptions;
+use offload_source_clickhouse::columns::{Column, ColumnKind};
+use offload_source_clickhouse::derived;
 
 use super::{CommittedSource, Depth, KafkaColumns, Reconciler, TableSpec};
 use crate::ch::{ChFigures, ChPlan, ColumnType, quote_table};
@@ -54,7 +57,37 @@ impl Reconciler {
                 })
         };
         let ts_type = ch_col(&spec.timestamp_column)?;
-        let seq_type = ch_col(&spec.sequence_column)?;
+        // The sequence: a stored column, or derived from key columns exactly
+        // as the ClickHouse source derives it (the same SQL, from its crate).
+        let (seq_type, seq_sql) = match &spec.key_columns {
+            None => (ch_col(&spec.sequence_column)?, None),
+            Some(keys) => {
+                let options = ClickHouseTableOptions::new().key_columns(keys.iter().cloned());
+                options.validate().map_err(|e| Error::InvalidConfig {
+                    field: "key_columns",
+                    reason: e.to_string(),
+                })?;
+                for key in keys {
+                    ch_col(key)?;
+                }
+                if ch_cols.iter().any(|(n, _)| *n == spec.sequence_column) {
+                    return Err(Error::InvalidConfig {
+                        field: "key_columns",
+                        reason: format!(
+                            "the sequence of {} is derived from key columns, but ClickHouse table {} \
+                             has a column {:?} of its own",
+                            spec.name, spec.clickhouse_table, spec.sequence_column
+                        ),
+                    });
+                }
+                let ty = ColumnType::of(&Column::new(
+                    spec.sequence_column.clone(),
+                    derived::SEQUENCE_TYPE,
+                    ColumnKind::Ordinary,
+                ));
+                (ty, options.sequence_sql())
+            }
+        };
         let kafka_columns = match &spec.kafka_columns {
             KafkaColumns::Off => None,
             KafkaColumns::Named { partition, offset } => {
@@ -181,6 +214,7 @@ impl Reconciler {
             table_sql,
             ts: (spec.timestamp_column.clone(), ts_type),
             seq: (spec.sequence_column.clone(), seq_type),
+            seq_sql,
             content: content.clone(),
             sums: sums.clone(),
             kafka_columns: kafka_columns.clone(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use offload_core::{Sink, SinkTable, TableConfig, Watermark};
 use offload_sink_iceberg::IcebergTable;
+use offload_source_clickhouse::ClickHouseTableOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -143,6 +144,7 @@ pub struct TableSpec {
     pub(crate) kafka_columns: KafkaColumns,
     pub(crate) committed: CommittedSource,
     pub(crate) expired_before: Option<i64>,
+    pub(crate) key_columns: Option<Vec<String>>,
     pub(crate) late_horizon: Option<Duration>,
     pub(crate) sweep_bucket: Duration,
 }
@@ -169,6 +171,7 @@ impl TableSpec {
             kafka_columns: KafkaColumns::Auto,
             committed: CommittedSource::TableMetadata,
             expired_before: None,
+            key_columns: None,
             late_horizon: None,
             sweep_bucket: offload_core::DEFAULT_SWEEP_BUCKET,
         }
@@ -196,6 +199,7 @@ impl TableSpec {
             cfg.timestamp_column(),
             cfg.sequence_column(),
         )
+        .key_columns_of(cfg)
         .iceberg_table(cfg.sink_table())
         .late_horizon(cfg.late_horizon())
         .sweep_bucket(cfg.sweep_bucket())
@@ -280,6 +284,30 @@ impl TableSpec {
     /// ClickHouse's TTL horizon (µs): buckets starting before it may have lost rows there.
     pub fn expired_before(mut self, micros: i64) -> Self {
         self.expired_before = Some(micros);
+        self
+    }
+
+    /// The key columns of a derived sequence, when `cfg` carries the
+    /// ClickHouse source's [`ClickHouseTableOptions::key_columns`].
+    fn key_columns_of(self, cfg: &TableConfig) -> Self {
+        match cfg
+            .option::<ClickHouseTableOptions>()
+            .and_then(ClickHouseTableOptions::key_columns_list)
+        {
+            Some(keys) => self.key_columns(keys.iter().cloned()),
+            None => self,
+        }
+    }
+
+    /// The table has no sequence column: its sequence is derived from these
+    /// key columns exactly as the ClickHouse source derives it
+    /// ([`ClickHouseTableOptions::key_columns`], set by
+    /// [`from_table_config`](TableSpec::from_table_config) when the config
+    /// carries it). On the ClickHouse side the sequence column is then the
+    /// source's expression over the keys; on the Iceberg side it is the
+    /// column the offload materialised under the sequence column's name.
+    pub fn key_columns<I: IntoIterator<Item = S>, S: Into<String>>(mut self, cols: I) -> Self {
+        self.key_columns = Some(cols.into_iter().map(Into::into).collect());
         self
     }
 
