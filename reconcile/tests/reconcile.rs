@@ -501,7 +501,9 @@ async fn missing_buckets_name_what_the_sweep_repairs() {
     assert_eq!((t.late_unrepairable_buckets, t.late_unrepairable_rows), (3, 4));
     assert!(!text.contains("sweep repairs them"), "{text}");
     assert!(
-        text.contains("3 missing buckets are not repaired by the sweep (4 row(s); late_horizon is 0s, the sweep is off)"),
+        text.contains(
+            "3 missing buckets are not repaired by the sweep (4 row(s); late_horizon is 0s, the sweep is off)"
+        ),
         "{text}"
     );
 
