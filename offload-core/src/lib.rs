@@ -34,7 +34,9 @@ pub use run::RunId;
 pub use sink::{CommitMetadata, CommittedWindow, Sink, SinkTable, Staged, StagedStats, StagingWriter};
 pub use source::{BatchStream, Source, SourceTable};
 pub use store::{Lease, MAX_ERROR_LEN, RunEvent, RunStatus, TableState, WatermarkStore, truncate_error};
-pub use sweep::{BucketGrid, RepairMetadata, SinkVersion, SweepSummary, batch_positions};
+pub use sweep::{
+    BucketGrid, RepairMetadata, SinkVersion, SweepSummary, batch_positions, sequences_u64, timestamps_micros,
+};
 pub use watermark::{Watermark, Window, micros_to_system_time, rfc3339_micros, system_time_to_micros};
 
 /// Re-exported so adapters and users name one cancellation type.

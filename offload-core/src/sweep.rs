@@ -308,8 +308,16 @@ pub fn batch_positions(
             )
         })
     };
-    let ts = timestamp_micros(column(timestamp)?.as_ref(), timestamp)?;
-    let seq = sequence_values(column(sequence)?.as_ref(), sequence)?;
+    let unsupported = |name: &str, a: &dyn Array, why: String| {
+        Error::source(
+            std::io::Error::other(format!("column {name:?} of type {}: {why}", a.data_type())),
+            false,
+        )
+    };
+    let (ts_col, seq_col) = (column(timestamp)?, column(sequence)?);
+    let ts =
+        timestamps_micros(ts_col.as_ref()).map_err(|why| unsupported(timestamp, ts_col.as_ref(), why))?;
+    let seq = sequences_u64(seq_col.as_ref()).map_err(|why| unsupported(sequence, seq_col.as_ref(), why))?;
     Ok(ts
         .into_iter()
         .zip(seq)
@@ -317,21 +325,23 @@ pub fn batch_positions(
         .collect())
 }
 
-fn unsupported(name: &str, a: &dyn Array, why: &str) -> Error {
-    Error::source(
-        std::io::Error::other(format!("column {name:?} of type {}: {why}", a.data_type())),
-        false,
-    )
-}
-
-fn timestamp_micros(a: &dyn Array, name: &str) -> Result<Vec<i64>, Error> {
+/// The values of a timestamp column as µs since the epoch, floored: Arrow
+/// timestamps of any unit, or Int64 microseconds. `Err` says why not (NULLs,
+/// another type), for the caller to put in its own error.
+///
+/// ```
+/// use arrow_array::TimestampNanosecondArray;
+/// let ns = TimestampNanosecondArray::from(vec![-1, 1_999]);
+/// assert_eq!(offload_core::timestamps_micros(&ns).unwrap(), vec![-1, 1]);
+/// ```
+pub fn timestamps_micros(a: &dyn Array) -> Result<Vec<i64>, String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{
         Int64Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
         TimestampSecondType,
     };
     if a.null_count() > 0 {
-        return Err(unsupported(name, a, "holds NULLs"));
+        return Err("holds NULLs".into());
     }
     let v: Vec<i64> = match a.data_type() {
         DataType::Timestamp(TimeUnit::Second, _) => a
@@ -356,49 +366,52 @@ fn timestamp_micros(a: &dyn Array, name: &str) -> Result<Vec<i64>, Error> {
             .map(|n| n.div_euclid(1_000))
             .collect(),
         DataType::Int64 => a.as_primitive::<Int64Type>().values().to_vec(),
-        _ => return Err(unsupported(name, a, "expected a timestamp")),
+        _ => return Err("expected a timestamp".into()),
     };
     Ok(v)
 }
 
-fn sequence_values(a: &dyn Array, name: &str) -> Result<Vec<u64>, Error> {
+/// The values of a sequence column as `u64`, exactly: any integer type, or a
+/// decimal of scale 0 (how `UInt64` is held in Iceberg, and by the ClickHouse
+/// source by default). Negative or too large values, NULLs and other types
+/// are refused; `Err` says why.
+///
+/// ```
+/// use arrow_array::{Decimal128Array, Int32Array};
+/// let big = Decimal128Array::from(vec![0, i128::from(u64::MAX)]).with_precision_and_scale(20, 0).unwrap();
+/// assert_eq!(offload_core::sequences_u64(&big).unwrap(), vec![0, u64::MAX]);
+/// assert!(offload_core::sequences_u64(&Int32Array::from(vec![1, -1])).is_err());
+/// ```
+pub fn sequences_u64(a: &dyn Array) -> Result<Vec<u64>, String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::*;
     if a.null_count() > 0 {
-        return Err(unsupported(name, a, "holds NULLs"));
+        return Err("holds NULLs".into());
     }
-    fn signed<T: ArrowPrimitiveType>(a: &dyn Array, name: &str) -> Result<Vec<u64>, Error>
+    fn exact<T: ArrowPrimitiveType>(a: &dyn Array) -> Result<Vec<u64>, String>
     where
-        T::Native: TryInto<u64>,
+        T::Native: TryInto<u64> + std::fmt::Display,
     {
         a.as_primitive::<T>()
             .values()
             .iter()
             .map(|v| {
                 (*v).try_into()
-                    .map_err(|_| unsupported(name, a, "holds a negative value"))
+                    .map_err(|_| format!("holds {v}, outside 0..=u64::MAX"))
             })
             .collect()
     }
     match a.data_type() {
-        DataType::UInt8 => signed::<UInt8Type>(a, name),
-        DataType::UInt16 => signed::<UInt16Type>(a, name),
-        DataType::UInt32 => signed::<UInt32Type>(a, name),
+        DataType::UInt8 => exact::<UInt8Type>(a),
+        DataType::UInt16 => exact::<UInt16Type>(a),
+        DataType::UInt32 => exact::<UInt32Type>(a),
         DataType::UInt64 => Ok(a.as_primitive::<UInt64Type>().values().to_vec()),
-        DataType::Int8 => signed::<Int8Type>(a, name),
-        DataType::Int16 => signed::<Int16Type>(a, name),
-        DataType::Int32 => signed::<Int32Type>(a, name),
-        DataType::Int64 => signed::<Int64Type>(a, name),
-        // How Iceberg (and the ClickHouse source by default) holds UInt64: decimal(20, 0).
-        DataType::Decimal128(_, 0) => a
-            .as_primitive::<Decimal128Type>()
-            .values()
-            .iter()
-            .map(|v| {
-                u64::try_from(*v).map_err(|_| unsupported(name, a, "holds a value outside 0..=u64::MAX"))
-            })
-            .collect(),
-        _ => Err(unsupported(name, a, "expected an integer")),
+        DataType::Int8 => exact::<Int8Type>(a),
+        DataType::Int16 => exact::<Int16Type>(a),
+        DataType::Int32 => exact::<Int32Type>(a),
+        DataType::Int64 => exact::<Int64Type>(a),
+        DataType::Decimal128(_, 0) => exact::<Decimal128Type>(a),
+        _ => Err("expected an integer or a decimal of scale 0".into()),
     }
 }
 

@@ -6,14 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
-    UInt32Type, UInt64Type,
-};
-use arrow_array::{Array, ArrowPrimitiveType, RecordBatch};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::{Predicate, Reference};
 use iceberg::scan::ArrowRecordBatchStream;
@@ -22,7 +15,7 @@ use iceberg::spec::{
     Type,
 };
 use iceberg::table::Table;
-use offload_core::{BucketGrid, Watermark, Window};
+use offload_core::{BucketGrid, Watermark, Window, sequences_u64, timestamps_micros};
 
 use crate::IcebergSinkError;
 
@@ -152,8 +145,10 @@ impl<'a> Keys<'a> {
                 .column_by_name(name)
                 .ok_or_else(|| key_error(self.table, name, "missing from the scan result".into()))
         };
-        let ts = timestamps(col(self.ts)?.as_ref()).map_err(|r| key_error(self.table, self.ts, r))?;
-        let seq = sequences(col(self.seq)?.as_ref()).map_err(|r| key_error(self.table, self.seq, r))?;
+        // The sink stores UInt8/16 as `int`, UInt32 as `long` and UInt64 as
+        // `decimal(20,0)`; core reads every one of them back exactly.
+        let ts = timestamps_micros(col(self.ts)?.as_ref()).map_err(|r| key_error(self.table, self.ts, r))?;
+        let seq = sequences_u64(col(self.seq)?.as_ref()).map_err(|r| key_error(self.table, self.seq, r))?;
         Ok(ts
             .into_iter()
             .zip(seq)
@@ -387,71 +382,11 @@ fn key_error(table: &Table, column: &str, reason: String) -> IcebergSinkError {
     }
 }
 
-/// Timestamps as µs since the epoch (floored), from any Arrow timestamp unit
-/// or Int64 microseconds.
-fn timestamps(a: &dyn Array) -> Result<Vec<i64>, String> {
-    if a.null_count() > 0 {
-        return Err("holds NULLs".into());
-    }
-    fn map<T: ArrowPrimitiveType<Native = i64>>(a: &dyn Array, f: impl Fn(i64) -> i64) -> Vec<i64> {
-        a.as_primitive::<T>().values().iter().map(|v| f(*v)).collect()
-    }
-    Ok(match a.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            map::<TimestampSecondType>(a, |v| v.saturating_mul(1_000_000))
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            map::<TimestampMillisecondType>(a, |v| v.saturating_mul(1_000))
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => map::<TimestampMicrosecondType>(a, |v| v),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            map::<TimestampNanosecondType>(a, |v| v.div_euclid(1_000))
-        }
-        DataType::Int64 => map::<Int64Type>(a, |v| v),
-        other => return Err(format!("Arrow type {other}, expected a timestamp")),
-    })
-}
-
-/// Sequences as u64, exactly: the sink stores UInt8/16 as `int`, UInt32 as
-/// `long` and UInt64 as `decimal(20,0)`; signed sources keep their type.
-/// Negative values are refused, as offload-core's `batch_positions` refuses
-/// them on the source side.
-fn sequences(a: &dyn Array) -> Result<Vec<u64>, String> {
-    if a.null_count() > 0 {
-        return Err("holds NULLs".into());
-    }
-    fn conv<T: ArrowPrimitiveType>(a: &dyn Array) -> Result<Vec<u64>, String>
-    where
-        T::Native: TryInto<u64> + std::fmt::Display,
-    {
-        a.as_primitive::<T>()
-            .values()
-            .iter()
-            .map(|v| {
-                (*v).try_into()
-                    .map_err(|_| format!("value {v} is not a sequence (0 ..= 2^64-1)"))
-            })
-            .collect()
-    }
-    match a.data_type() {
-        DataType::Int8 => conv::<Int8Type>(a),
-        DataType::Int16 => conv::<Int16Type>(a),
-        DataType::Int32 => conv::<Int32Type>(a),
-        DataType::Int64 => conv::<Int64Type>(a),
-        DataType::UInt8 => conv::<UInt8Type>(a),
-        DataType::UInt16 => conv::<UInt16Type>(a),
-        DataType::UInt32 => conv::<UInt32Type>(a),
-        DataType::UInt64 => conv::<UInt64Type>(a),
-        DataType::Decimal128(_, 0) => conv::<Decimal128Type>(a),
-        other => Err(format!("Arrow type {other}, expected an integer or decimal(p,0)")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use arrow_array::{Decimal128Array, Int32Array, TimestampNanosecondArray};
+    use arrow_array::{Array, Decimal128Array, Int32Array, TimestampNanosecondArray};
 
     use super::*;
 
@@ -496,13 +431,13 @@ mod tests {
         let big = Decimal128Array::from(vec![0, i128::from(u64::MAX)])
             .with_precision_and_scale(20, 0)
             .unwrap();
-        assert_eq!(sequences(&big).unwrap(), vec![0, u64::MAX]);
-        assert!(sequences(&Int32Array::from(vec![1, -1])).is_err());
+        assert_eq!(sequences_u64(&big).unwrap(), vec![0, u64::MAX]);
+        assert!(sequences_u64(&Int32Array::from(vec![1, -1])).is_err());
         let over = Decimal128Array::from(vec![i128::from(u64::MAX) + 1])
             .with_precision_and_scale(38, 0)
             .unwrap();
-        assert!(sequences(&over).is_err());
+        assert!(sequences_u64(&over).is_err());
         let ns: Arc<dyn Array> = Arc::new(TimestampNanosecondArray::from(vec![-1, 1_999]));
-        assert_eq!(timestamps(ns.as_ref()).unwrap(), vec![-1, 1]);
+        assert_eq!(timestamps_micros(ns.as_ref()).unwrap(), vec![-1, 1]);
     }
 }
