@@ -390,10 +390,7 @@ impl Offloader {
         table: &TableConfig,
         cancel: &CancellationToken,
     ) -> Result<RunSummary, Error> {
-        let run_id = RunId::new();
-        let span =
-            tracing::info_span!("offload_run", table = table.name(), %run_id, window = tracing::field::Empty);
-        self.run(table, run_id, cancel, true).instrument(span).await
+        self.run_traced(table, cancel, true).await
     }
 
     async fn run_traced(
@@ -679,15 +676,8 @@ impl Offloader {
             fencing_token: heartbeat.lease().token,
         };
         let stats = staged.stats().clone();
-        match self.commit(sink.as_ref(), staged.as_ref(), &meta).await {
-            CommitOutcome::Committed => {}
-            CommitOutcome::NotCommitted(e) => {
-                discard(staged).await;
-                return Err(e);
-            }
-            // The files may be referenced by a commit we cannot see: keep them.
-            CommitOutcome::InDoubt(e) => return Err(e),
-        }
+        let outcome = self.commit(sink.as_ref(), staged.as_ref(), &meta).await;
+        settle(staged, outcome).await?;
         tracing::info!(rows = stats.rows, files = stats.files.len(), "committed");
 
         // Data is durable. If the store update fails, the next run rolls it forward.
@@ -862,6 +852,21 @@ async fn commit_once(
             tracing::error!(error = %resolve, "commit outcome stays unknown");
             CommitOutcome::InDoubt(err)
         }
+    }
+}
+
+/// What a commit's outcome leaves to do with its staged files: delete them
+/// when the commit is known not to have landed; keep them when it may have
+/// (a commit we cannot see may reference them; the next run's reconciliation
+/// decides).
+async fn settle(staged: Box<dyn Staged>, outcome: CommitOutcome) -> Result<(), Error> {
+    match outcome {
+        CommitOutcome::Committed => Ok(()),
+        CommitOutcome::NotCommitted(e) => {
+            discard(staged).await;
+            Err(e)
+        }
+        CommitOutcome::InDoubt(e) => Err(e),
     }
 }
 

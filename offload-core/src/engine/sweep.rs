@@ -25,7 +25,7 @@ use std::time::Instant;
 use arrow_array::{BooleanArray, RecordBatch};
 use tokio_util::sync::CancellationToken;
 
-use super::{CommitOutcome, Heartbeat, Offloader, abort, discard};
+use super::{Heartbeat, Offloader, abort, discard, settle};
 use crate::{
     BucketGrid, CommittedWindow, Error, RepairMetadata, RunId, SinkTable, SourceTable, StagingWriter,
     SweepSummary, TableConfig, Watermark, Window, batch_positions,
@@ -135,17 +135,10 @@ impl Offloader {
             staged.stats().rows,
         );
         tracing::info!(rows = meta.rows, buckets = meta.buckets.len(), base = %meta.base, "committing late rows");
-        match self
+        let outcome = self
             .commit_with(sink, run_id, || staged.commit_repair(&meta))
-            .await
-        {
-            CommitOutcome::Committed => {}
-            CommitOutcome::NotCommitted(e) => {
-                discard(staged).await;
-                return Err(e);
-            }
-            CommitOutcome::InDoubt(e) => return Err(e),
-        }
+            .await;
+        settle(staged, outcome).await?;
         summary.repaired_rows = meta.rows;
         summary.repair_run = Some(run_id);
         summary.duration = started.elapsed();
