@@ -35,7 +35,8 @@ pub use sink::{CommitMetadata, CommittedWindow, Sink, SinkTable, Staged, StagedS
 pub use source::{BatchStream, Source, SourceTable};
 pub use store::{Lease, MAX_ERROR_LEN, RunEvent, RunStatus, TableState, WatermarkStore, truncate_error};
 pub use sweep::{
-    BucketGrid, RepairMetadata, SinkVersion, SweepSummary, batch_positions, sequences_u64, timestamps_micros,
+    BucketGrid, RepairMetadata, SinkVersion, SweepSummary, batch_positions, repair_edge, sequences_u64,
+    timestamps_micros,
 };
 pub use watermark::{Watermark, Window, micros_to_system_time, rfc3339_micros, system_time_to_micros};
 

@@ -178,6 +178,33 @@ impl BucketGrid {
     }
 }
 
+/// The first timestamp the late-row sweep repairs below `committed`:
+/// `late_horizon` below it, aligned down to a `sweep_bucket` edge (the sweep
+/// compares whole buckets, aligned to multiples of their width from the
+/// epoch). `None` when the horizon is zero: the sweep is off.
+///
+/// ```
+/// use std::time::Duration;
+/// use offload_core::{Watermark, repair_edge};
+/// let w = Watermark::new(10_500, 3);
+/// assert_eq!(repair_edge(w, Duration::from_micros(1_000), Duration::from_micros(400)), Some(9_200));
+/// assert_eq!(repair_edge(w, Duration::ZERO, Duration::from_micros(400)), None);
+/// ```
+pub fn repair_edge(committed: Watermark, late_horizon: Duration, sweep_bucket: Duration) -> Option<i64> {
+    if late_horizon.is_zero() {
+        return None;
+    }
+    let horizon = i64::try_from(late_horizon.as_micros()).unwrap_or(i64::MAX);
+    let width = i64::try_from(sweep_bucket.as_micros()).unwrap_or(i64::MAX).max(1);
+    Some(
+        committed
+            .timestamp_micros()
+            .saturating_sub(horizon)
+            .div_euclid(width)
+            .saturating_mul(width),
+    )
+}
+
 /// An opaque version of a sink table's state (an Iceberg snapshot id, a commit
 /// counter): a repair commit succeeds only while the table is still at the
 /// version its diff was computed against.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Heartbeat, Offloader, abort, discard, settle};
 use crate::{
     BucketGrid, CommittedWindow, Error, RepairMetadata, RunId, SinkTable, SourceTable, StagingWriter,
-    SweepSummary, TableConfig, Watermark, Window, batch_positions,
+    SweepSummary, TableConfig, Watermark, Window, batch_positions, repair_edge,
 };
 
 /// Parts a bucket is split into.
@@ -56,17 +56,22 @@ impl Offloader {
         let started = Instant::now();
         let watermark = last.until;
         let horizon = i64::try_from(table.late_horizon().as_micros()).unwrap_or(i64::MAX);
-        let repair_from = watermark.timestamp_micros().saturating_sub(horizon);
+        // The caller sweeps only with a horizon, so there is an edge.
+        let repair_from =
+            repair_edge(watermark, table.late_horizon(), table.sweep_bucket()).unwrap_or(i64::MIN);
         // One more horizon below, compared but never repaired: rows that
         // arrived too late are reported, so an operator hears of them.
-        let report_from = repair_from.saturating_sub(horizon);
+        let report_from = watermark
+            .timestamp_micros()
+            .saturating_sub(horizon)
+            .saturating_sub(horizon);
         let grid = BucketGrid::covering(report_from, watermark, table.sweep_bucket())?;
         let (src, dst) = counts(source, sink, &grid).await?;
 
         let mut summary = SweepSummary::default();
         let mut queue = Vec::new();
         for i in 0..grid.len() {
-            let in_horizon = grid.lo_micros(i).saturating_add(grid.width_micros()) > repair_from;
+            let in_horizon = grid.lo_micros(i) >= repair_from;
             if !in_horizon {
                 summary.beyond_horizon_rows += src[i].saturating_sub(dst[i]);
             } else {

@@ -566,23 +566,15 @@ impl TableReport {
         late_horizon: Option<Duration>,
         sweep_bucket: Duration,
     ) {
-        let Some(horizon) = late_horizon else {
+        let Some(late_horizon) = late_horizon else {
             return;
         };
-        let horizon = i64::try_from(horizon.as_micros()).unwrap_or(i64::MAX);
-        self.late_horizon_micros = Some(horizon);
+        self.late_horizon_micros = Some(i64::try_from(late_horizon.as_micros()).unwrap_or(i64::MAX));
         let Some(committed) = committed else {
             return;
         };
-        let width = i64::try_from(sweep_bucket.as_micros()).unwrap_or(i64::MAX).max(1);
         // `None`: the sweep is off, nothing is repairable.
-        let edge = (horizon > 0).then(|| {
-            committed
-                .timestamp_micros()
-                .saturating_sub(horizon)
-                .div_euclid(width)
-                .saturating_mul(width)
-        });
+        let edge = offload_core::repair_edge(committed, late_horizon, sweep_bucket);
         self.late_repairable_from = edge;
         let (mut rb, mut rr, mut ub, mut ur) = (0, 0, 0, 0);
         for b in &self.buckets {
