@@ -91,5 +91,9 @@ pub fn timeouts(t: &TimeoutsSection) -> Timeout {
         policy = policy.op(op, d.0);
     }
     // The sink bounds its own commits (`timeouts.commit`, see `app::sink_config`).
-    policy.without(Op::Commit).without(Op::CommitRepair)
+    // Maintenance bounds its own commits and may rewrite for a long time.
+    policy
+        .without(Op::Commit)
+        .without(Op::CommitRepair)
+        .without(Op::Maintain)
 }

@@ -8,7 +8,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 
-use crate::{BucketGrid, Error, RepairMetadata, RunId, SinkVersion, TableConfig, Watermark, Window};
+use crate::{BucketGrid, Error, MaintenanceSummary, RepairMetadata, RunId, SinkVersion, TableConfig, Watermark, Window};
 
 /// What a commit records beside its data, atomically with it.
 ///
@@ -206,6 +206,17 @@ pub trait SinkTable: Send + Sync + std::fmt::Debug {
     /// metadata (file record counts and bounds) where they can.
     async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
         Ok(grid.histogram(self.positions(grid.span()).await?))
+    }
+
+    /// Keeps the table healthy: compacts small files, rewrites manifests,
+    /// expires old snapshots and deletes what nothing references any more,
+    /// as the sink's own maintenance configuration says. Must never change
+    /// the committed rows or the committed window, and must be safe to run
+    /// concurrently with commits, repairs and another `maintain` (one of them
+    /// retries on the new state or gives up; none loses or doubles a row).
+    /// The default does nothing.
+    async fn maintain(&self) -> Result<MaintenanceSummary, Error> {
+        Ok(MaintenanceSummary::default())
     }
 }
 

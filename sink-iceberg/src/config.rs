@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use offload_core::redact::{redact_opt, redact_url};
 
+use crate::MaintenanceConfig;
 use crate::{DEFAULT_NAMESPACE, IcebergSinkError};
 
 /// Which catalog implementation holds the tables' metadata pointers.
@@ -437,8 +438,8 @@ pub struct IcebergSinkConfig {
     pub(crate) queue_depth: usize,
     pub(crate) commit_timeout: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) orphan_grace: Duration,
     pub(crate) check_duplicate_files: bool,
+    pub(crate) maintenance: MaintenanceConfig,
 }
 
 impl IcebergSinkConfig {
@@ -458,8 +459,8 @@ impl IcebergSinkConfig {
             queue_depth: 4,
             commit_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(60),
-            orphan_grace: Duration::from_secs(24 * 3600),
             check_duplicate_files: false,
+            maintenance: MaintenanceConfig::default(),
         }
     }
 
@@ -522,8 +523,15 @@ impl IcebergSinkConfig {
     /// Files younger than this are never deleted by `cleanup` (default 24 h):
     /// they may belong to a run that is still staging or committing. Keep it
     /// well above the engine's lease TTL and longest run.
+    /// The same setting as [`MaintenanceConfig::orphan_grace`] (one value).
     pub fn orphan_grace(mut self, d: Duration) -> Self {
-        self.orphan_grace = d;
+        self.maintenance = self.maintenance.orphan_grace(d);
+        self
+    }
+    /// What [`SinkTable::maintain`](offload_core::SinkTable::maintain) does
+    /// (default [`MaintenanceConfig::default`]).
+    pub fn maintenance(mut self, cfg: MaintenanceConfig) -> Self {
+        self.maintenance = cfg;
         self
     }
     /// Let iceberg re-read every manifest of the current snapshot on each commit

@@ -220,6 +220,56 @@ pub enum IcebergSinkError {
         /// Why.
         reason: String,
     },
+
+    /// A maintenance replace commit lost to a concurrent change it cannot be
+    /// rebuilt on (the files it replaces are no longer live), or kept losing
+    /// races. Nothing was applied; the next `maintain` plans again.
+    #[error("maintenance of {table} gave up its replace commit: {reason}")]
+    ReplaceConflict {
+        /// The table.
+        table: String,
+        /// What changed underneath.
+        reason: String,
+    },
+
+    /// A maintenance replace commit was handed to the catalog and the reply
+    /// was lost; reading the table back did not show it either. Its files are
+    /// kept (it may still land); orphan cleanup removes them if it did not.
+    #[error("maintenance commit of snapshot {snapshot_id} to {table} has an unknown outcome: {reason}")]
+    ReplaceOutcomeUnknown {
+        /// The table.
+        table: String,
+        /// The snapshot the commit would have added.
+        snapshot_id: i64,
+        /// What interrupted it.
+        reason: String,
+    },
+
+    /// Maintenance cannot run on this table or catalog.
+    #[error("maintenance is not supported for {table}: {reason}")]
+    MaintenanceUnsupported {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A compaction read or wrote another number of rows than the files it
+    /// replaces hold: a bug or a corrupt input. Nothing was committed and its
+    /// outputs were deleted; not retried.
+    #[error(
+        "compaction of {table} partition {partition} would replace {expected} rows with {written}; nothing was committed"
+    )]
+    CompactionRowMismatch {
+        /// The table.
+        table: String,
+        /// The partition (its path, `ts_day=2024-03-01`).
+        partition: String,
+        /// Rows in the replaced files (their record counts).
+        expected: u64,
+        /// Rows read or written (whichever differed).
+        written: u64,
+    },
 }
 
 impl IcebergSinkError {
@@ -245,7 +295,9 @@ impl IcebergSinkError {
             IcebergSinkError::Io { .. }
             | IcebergSinkError::Timeout { .. }
             | IcebergSinkError::ConcurrentSchemaChange { .. }
-            | IcebergSinkError::CommitNotVisible { .. } => true,
+            | IcebergSinkError::CommitNotVisible { .. }
+            | IcebergSinkError::ReplaceConflict { .. }
+            | IcebergSinkError::ReplaceOutcomeUnknown { .. } => true,
             IcebergSinkError::Sql { source, .. } => sqlx_retryable(source),
             IcebergSinkError::Config { .. }
             | IcebergSinkError::WriterTask { .. }
@@ -259,7 +311,9 @@ impl IcebergSinkError {
             | IcebergSinkError::InvalidMarker { .. }
             | IcebergSinkError::RepairWatermarkMismatch { .. }
             | IcebergSinkError::KeyColumn { .. }
-            | IcebergSinkError::CleanupUnsupported { .. } => false,
+            | IcebergSinkError::CleanupUnsupported { .. }
+            | IcebergSinkError::MaintenanceUnsupported { .. }
+            | IcebergSinkError::CompactionRowMismatch { .. } => false,
         }
     }
 

@@ -6,6 +6,7 @@ mod commit;
 mod config;
 mod error;
 mod keys;
+mod maintain;
 mod markers;
 mod naming;
 mod options;
@@ -19,6 +20,7 @@ pub use config::{
     CatalogBackend, CatalogConfig, DEFAULT_CATALOG_NAME, IcebergSinkConfig, S3Config, StorageConfig,
 };
 pub use error::IcebergSinkError;
+pub use maintain::{MaintenanceConfig, Step, StepHook};
 pub use markers::{
     KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_REPAIR_BASE,
     SUMMARY_REPAIR_BUCKETS, SUMMARY_REPAIR_FIRST, SUMMARY_REPAIR_LAST, SUMMARY_REPAIR_ROWS,

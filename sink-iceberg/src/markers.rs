@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use iceberg::spec::{MAIN_BRANCH, SnapshotRef, TableMetadata};
+use iceberg::spec::{MAIN_BRANCH, Operation, SnapshotRef, TableMetadata};
 use offload_core::{CommitMetadata, CommittedWindow, RepairMetadata, RunId, SinkVersion, Watermark};
 
 use crate::IcebergSinkError;
@@ -85,14 +85,43 @@ pub(crate) fn repair_properties(meta: &RepairMetadata) -> HashMap<String, String
     HashMap::from([(PROPERTY_WATERMARK.to_owned(), meta.watermark.to_string())])
 }
 
-/// The table's version: main's snapshot id as text, `"none"` without one.
-/// Every commit (windows and repairs) adds a snapshot and moves main, so it
-/// changes with every commit.
+/// The table's version: the id (as text, `"none"` without one) of the
+/// newest snapshot on main's ancestry that changed the rows, i.e. main's
+/// snapshot unless maintenance replaced files since. Every window and repair
+/// commit adds a snapshot and moves main, so it changes with every commit
+/// that changes the rows; a `replace` snapshot (compaction, manifest rewrite)
+/// holds exactly its parent's rows, so a repair whose diff was computed
+/// before a compaction still lands after it.
 pub(crate) fn version(meta: &TableMetadata) -> SinkVersion {
-    SinkVersion::new(
-        meta.snapshot_for_ref(MAIN_BRANCH)
-            .map_or_else(|| NO_SNAPSHOT.to_owned(), |s| s.snapshot_id().to_string()),
-    )
+    let mut newest = None;
+    for s in main_ancestry(meta) {
+        newest.get_or_insert(s.snapshot_id());
+        if s.summary().operation != Operation::Replace {
+            return SinkVersion::new(s.snapshot_id().to_string());
+        }
+    }
+    // Only replace snapshots left (the rest expired): main's own id.
+    SinkVersion::new(newest.map_or_else(|| NO_SNAPSHOT.to_owned(), |id| id.to_string()))
+}
+
+/// The offload markers a maintenance (`replace`) snapshot carries: the
+/// committed window as main's state records it, copied, so reading the window
+/// from the replace snapshot gives what the snapshots below it gave.
+pub(crate) fn replace_summary(meta: &TableMetadata) -> Result<HashMap<String, String>, IcebergSinkError> {
+    let Some((w, _)) = committed(meta)? else {
+        return Ok(HashMap::new());
+    };
+    let mut map = HashMap::from([(SUMMARY_WINDOW_UNTIL.to_owned(), w.until.to_string())]);
+    if let Some(run) = w.run_id {
+        map.insert(KEY_RUN_ID.to_owned(), run.to_string());
+    }
+    if let Some(engine) = w.engine_id {
+        map.insert(KEY_ENGINE_ID.to_owned(), engine);
+    }
+    if let Some(token) = w.fencing_token {
+        map.insert(KEY_FENCING_TOKEN.to_owned(), token.to_string());
+    }
+    Ok(map)
 }
 
 /// The table properties of a commit.
@@ -149,7 +178,7 @@ fn window_from(
 
 /// main's ancestry, newest first. Stops at the first parent that is no longer
 /// in the metadata (expired) and never loops on corrupt metadata.
-fn main_ancestry(meta: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
+pub(crate) fn main_ancestry(meta: &TableMetadata) -> impl Iterator<Item = &SnapshotRef> {
     let mut next = meta.snapshot_for_ref(MAIN_BRANCH);
     let mut budget = meta.snapshots().len();
     std::iter::from_fn(move || {

@@ -439,7 +439,11 @@ impl SinkTable for IcebergTable {
     }
 
     async fn cleanup(&self) -> Result<u64, Error> {
-        Ok(self.cleanup_orphans(self.sink_config().orphan_grace).await?)
+        Ok(self.cleanup_orphans(self.sink_config().maintenance.orphan_grace).await?)
+    }
+
+    async fn maintain(&self) -> Result<offload_core::MaintenanceSummary, Error> {
+        Ok(self.maintain_with(&self.sink_config().maintenance).await?)
     }
 
     /// A scan of main's current snapshot selecting only the timestamp and

@@ -101,6 +101,8 @@ pub enum Op {
     Positions,
     /// [`SinkTable::bucket_counts`].
     SinkBucketCounts,
+    /// [`SinkTable::maintain`].
+    Maintain,
     /// [`WatermarkStore::load`].
     Load,
     /// [`WatermarkStore::acquire_lease`].
@@ -140,7 +142,7 @@ pub enum Family {
 
 impl Op {
     /// Every operation, in trait order.
-    pub const ALL: [Op; 25] = [
+    pub const ALL: [Op; 26] = [
         Op::SourceOpen,
         Op::HighWatermark,
         Op::Read,
@@ -159,6 +161,7 @@ impl Op {
         Op::Cleanup,
         Op::Positions,
         Op::SinkBucketCounts,
+        Op::Maintain,
         Op::Load,
         Op::AcquireLease,
         Op::RenewLease,
@@ -189,6 +192,7 @@ impl Op {
             Op::Cleanup => "sink.cleanup",
             Op::Positions => "sink.positions",
             Op::SinkBucketCounts => "sink.bucket_counts",
+            Op::Maintain => "sink.maintain",
             Op::Load => "store.load",
             Op::AcquireLease => "store.acquire_lease",
             Op::RenewLease => "store.renew_lease",
@@ -239,7 +243,8 @@ impl Op {
             | Op::WasCommitted
             | Op::Cleanup
             | Op::Positions
-            | Op::SinkBucketCounts => Family::Sink,
+            | Op::SinkBucketCounts
+            | Op::Maintain => Family::Sink,
             Op::Load
             | Op::AcquireLease
             | Op::RenewLease

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 
 use super::{Elapsed, Layered, Op, Policy, reinvoked};
 use crate::{
-    BatchStream, BucketGrid, CommitMetadata, CommittedWindow, Error, Lease, RepairMetadata, RunEvent, RunId,
+    BatchStream, BucketGrid, CommitMetadata, CommittedWindow, Error, Lease, MaintenanceSummary, RepairMetadata, RunEvent, RunId,
     Sink, SinkTable, Source, SourceTable, Staged, StagedStats, StagingWriter, TableConfig, TableState,
     Watermark, WatermarkStore, Window,
 };
@@ -126,6 +126,12 @@ impl<P: Policy, S: SinkTable> SinkTable for Layered<P, S> {
         self.policy
             .around(Op::SinkBucketCounts, &self.table, &mut call)
             .await
+    }
+
+    async fn maintain(&self) -> Result<MaintenanceSummary, Error> {
+        let inner = &self.inner;
+        let mut call = || inner.maintain();
+        self.policy.around(Op::Maintain, &self.table, &mut call).await
     }
 }
 

@@ -1,0 +1,69 @@
+//! Table maintenance: compaction of closed partitions, manifest rewrite,
+//! snapshot expiry and deletion of unreferenced files, none of which changes
+//! the committed rows or the committed window.
+//!
+//! iceberg-rust 0.10.1 has no rewrite action, so the replace snapshot is
+//! built and committed here ([`replace`], [`swap`]); that part can go once
+//! iceberg-rust ships one.
+
+mod compact;
+mod config;
+mod expire;
+mod files;
+mod replace;
+mod swap;
+
+pub use config::{MaintenanceConfig, Step, StepHook};
+use offload_core::MaintenanceSummary;
+
+use crate::{IcebergSinkError, IcebergTable};
+
+impl IcebergTable {
+    /// Runs maintenance on this table as `cfg` says, in order: compacts the
+    /// closed partitions that have many small files (one replace commit per
+    /// partition, which also rewrites the manifests), expires snapshots out of
+    /// retention and deletes the files only they referenced, then deletes
+    /// files no commit references that are older than the orphan grace.
+    ///
+    /// Safe to run while offload runs, sweeps or another `maintain` commit:
+    /// a replace commit that loses a race is rebuilt on the new state if the
+    /// files it replaces are still live, and abandoned otherwise.
+    pub async fn maintain_with(&self, cfg: &MaintenanceConfig) -> Result<MaintenanceSummary, IcebergSinkError> {
+        let mut report = MaintenanceSummary::default();
+        let Some(current) = self.load_if_exists().await? else {
+            return Ok(report);
+        };
+        for plan in compact::plan(self, &current, cfg).await? {
+            let rewrite = compact::rewrite(self, &current, &plan, cfg).await?;
+            cfg.step(Step::OutputsWritten);
+            let outcome = replace::commit(self, replace::ReplacePlan::compaction(&rewrite), cfg).await;
+            match outcome {
+                Ok(done) => {
+                    report.partitions_compacted += 1;
+                    report.files_rewritten += rewrite.removed.len() as u64;
+                    report.files_written += rewrite.added.len() as u64;
+                    report.rows_rewritten += rewrite.rows;
+                    report.bytes_read += rewrite.bytes_read;
+                    report.bytes_written += rewrite.bytes_written;
+                    report.commits += 1;
+                    report.conflicts_retried += u64::from(done.retries);
+                    report.manifests_before = report.manifests_before.max(done.manifests_before);
+                    report.manifests_after = done.manifests_after;
+                }
+                Err(e) => {
+                    compact::delete_outputs(&current, &rewrite).await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(done) = replace::rewrite_manifests_if_needed(self, cfg).await? {
+            report.commits += 1;
+            report.conflicts_retried += u64::from(done.retries);
+            report.manifests_before = report.manifests_before.max(done.manifests_before);
+            report.manifests_after = done.manifests_after;
+        }
+        expire::expire(self, cfg, &mut report).await?;
+        files::remove_orphans(self, cfg, &mut report).await?;
+        Ok(report)
+    }
+}
