@@ -127,3 +127,36 @@ pub(crate) fn sweep(table: &str, s: &crate::SweepSummary, now: SystemTime) {
     metrics::gauge!(SINK_EXCESS_ROWS, "table" => t.clone()).set(s.excess_rows as f64);
     metrics::gauge!(LAST_SWEEP_SECONDS, "table" => t).set(epoch_seconds(now));
 }
+
+/// Maintenance runs ([`SinkTable::maintain`](crate::SinkTable::maintain)
+/// called by the engine), by `outcome` = changed | noop | failed (counter).
+pub const MAINTENANCE_RUNS_TOTAL: &str = "offload_maintenance_runs_total";
+/// Data files compaction removed from the live table, their rows rewritten
+/// into fewer files (counter).
+pub const MAINTENANCE_FILES_REWRITTEN_TOTAL: &str = "offload_maintenance_files_rewritten_total";
+/// Snapshots expired (counter).
+pub const MAINTENANCE_SNAPSHOTS_EXPIRED_TOTAL: &str = "offload_maintenance_snapshots_expired_total";
+/// Files maintenance deleted: those only expired snapshots referenced, and
+/// orphans no snapshot ever referenced (counter).
+pub const MAINTENANCE_FILES_DELETED_TOTAL: &str = "offload_maintenance_files_deleted_total";
+/// When the latest successful maintenance finished (gauge, seconds since the epoch).
+pub const LAST_MAINTENANCE_SECONDS: &str = "offload_last_maintenance_timestamp_seconds";
+
+pub(crate) fn maintenance(table: &str, r: Result<&crate::MaintenanceSummary, &Error>, now: SystemTime) {
+    let t = table.to_owned();
+    let s = match r {
+        Ok(s) => s,
+        Err(_) => {
+            metrics::counter!(MAINTENANCE_RUNS_TOTAL, "table" => t, "outcome" => "failed").increment(1);
+            return;
+        }
+    };
+    let outcome = if s.is_noop() { "noop" } else { "changed" };
+    metrics::counter!(MAINTENANCE_RUNS_TOTAL, "table" => t.clone(), "outcome" => outcome).increment(1);
+    metrics::counter!(MAINTENANCE_FILES_REWRITTEN_TOTAL, "table" => t.clone()).increment(s.files_rewritten);
+    metrics::counter!(MAINTENANCE_SNAPSHOTS_EXPIRED_TOTAL, "table" => t.clone())
+        .increment(s.snapshots_expired);
+    metrics::counter!(MAINTENANCE_FILES_DELETED_TOTAL, "table" => t.clone())
+        .increment(s.files_deleted + s.orphans_deleted);
+    metrics::gauge!(LAST_MAINTENANCE_SECONDS, "table" => t).set(epoch_seconds(now));
+}

@@ -8,7 +8,9 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 
-use crate::{BucketGrid, Error, MaintenanceSummary, RepairMetadata, RunId, SinkVersion, TableConfig, Watermark, Window};
+use crate::{
+    BucketGrid, Error, MaintenanceSummary, RepairMetadata, RunId, SinkVersion, TableConfig, Watermark, Window,
+};
 
 /// What a commit records beside its data, atomically with it.
 ///
@@ -252,6 +254,9 @@ impl<T: SinkTable + ?Sized> SinkTable for Arc<T> {
     }
     async fn bucket_counts(&self, grid: &BucketGrid) -> Result<Vec<u64>, Error> {
         (**self).bucket_counts(grid).await
+    }
+    async fn maintain(&self) -> Result<MaintenanceSummary, Error> {
+        (**self).maintain().await
     }
 }
 

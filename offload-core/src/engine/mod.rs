@@ -40,8 +40,8 @@ use tracing::Instrument;
 use crate::clock::{Clock, SystemClock};
 use crate::layer::{self, Layered};
 use crate::{
-    CommitMetadata, Error, Lease, RetryPolicy, RunEvent, RunId, Sink, SinkTable, Source, SourceTable, Staged,
-    SweepSummary, TableConfig, Watermark, WatermarkStore, Window, metrics,
+    CommitMetadata, Error, Lease, MaintenanceSummary, RetryPolicy, RunEvent, RunId, Sink, SinkTable, Source,
+    SourceTable, Staged, SweepSummary, TableConfig, Watermark, WatermarkStore, Window, metrics,
 };
 
 /// What a successful run did.
@@ -70,6 +70,42 @@ pub struct RunSummary {
     /// The late-row sweep of this run, when one ran (see
     /// [`TableConfig::late_horizon`]).
     pub sweep: Option<SweepSummary>,
+    /// The table's maintenance after this run, when it was due (see
+    /// [`OffloaderBuilder::maintenance_interval`]): what it did, or why it
+    /// failed. A failed maintenance never fails the run.
+    pub maintenance: Option<Result<MaintenanceSummary, MaintenanceFailure>>,
+}
+
+/// Why a table's scheduled maintenance failed ([`RunSummary::maintenance`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintenanceFailure {
+    /// The error's [`kind`](Error::kind).
+    pub kind: &'static str,
+    /// The error, as text.
+    pub error: String,
+}
+
+impl From<&Error> for MaintenanceFailure {
+    fn from(e: &Error) -> Self {
+        Self {
+            kind: e.kind(),
+            error: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for MaintenanceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+/// What a run of [`Offloader::run_tables`] adds to a table's window.
+#[derive(Clone, Copy, Debug)]
+struct Extras {
+    sweep: bool,
+    maintain: bool,
 }
 
 /// One table's result in [`Offloader::run_all`].
@@ -118,6 +154,7 @@ pub struct Offloader {
     cleanup_interval: Option<Duration>,
     sweep_interval: Duration,
     sweep_diff_rows: u64,
+    maintenance_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
 }
 
@@ -177,6 +214,20 @@ impl OffloaderBuilder {
     /// [`late_horizon`](TableConfig::late_horizon) are never swept.
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.inner.sweep_interval = every;
+        self
+    }
+    /// How often [`Offloader::run_every`] maintains each table
+    /// ([`SinkTable::maintain`]: compaction, snapshot expiry, deletion of
+    /// unreferenced files, as the sink is configured), right after that
+    /// table's run, under its lease. Default `None`: never; zero: after every
+    /// run. A table is due on its first successful run and then once the
+    /// interval has passed since its last maintenance (failed ones count:
+    /// the next try waits a whole interval). A failed maintenance is logged
+    /// and counted, never fails the run, and never touches the watermark.
+    /// [`Offloader::run_once`] and [`Offloader::run_all`] never maintain;
+    /// [`Offloader::maintain`] does on request.
+    pub fn maintenance_interval(mut self, every: Option<Duration>) -> Self {
+        self.inner.maintenance_interval = every;
         self
     }
     /// The most keys the sweep holds in memory for one bucket (default 262,144,
@@ -366,6 +417,7 @@ impl Offloader {
                 cleanup_interval: Some(Duration::from_secs(3600)),
                 sweep_interval: Duration::from_secs(60),
                 sweep_diff_rows: 1 << 18,
+                maintenance_interval: None,
                 clock: Arc::new(SystemClock),
             },
             default_layers: true,
@@ -390,19 +442,55 @@ impl Offloader {
         table: &TableConfig,
         cancel: &CancellationToken,
     ) -> Result<RunSummary, Error> {
-        self.run_traced(table, cancel, true).await
+        let extras = Extras {
+            sweep: true,
+            maintain: false,
+        };
+        self.run_traced(table, cancel, extras).await
     }
 
     async fn run_traced(
         &self,
         table: &TableConfig,
         cancel: &CancellationToken,
-        sweep: bool,
+        extras: Extras,
     ) -> Result<RunSummary, Error> {
         let run_id = RunId::new();
         let span =
             tracing::info_span!("offload_run", table = table.name(), %run_id, window = tracing::field::Empty);
-        self.run(table, run_id, cancel, sweep).instrument(span).await
+        self.run(table, run_id, cancel, extras).instrument(span).await
+    }
+
+    /// Maintains one table now ([`SinkTable::maintain`], as the sink is
+    /// configured), outside any run and without taking its lease
+    /// (maintenance is safe beside commits). Records the maintenance metrics
+    /// ([`metrics::MAINTENANCE_RUNS_TOTAL`] and the others).
+    pub async fn maintain(&self, table: &TableConfig) -> Result<MaintenanceSummary, Error> {
+        let span = tracing::info_span!("offload_maintain", table = table.name());
+        async {
+            let started = Instant::now();
+            let r = async { self.sink.open(table).await?.maintain().await }.await;
+            metrics::maintenance(table.name(), r.as_ref(), self.clock.now());
+            match &r {
+                Ok(s) if s.is_noop() => {
+                    tracing::debug!(duration = ?started.elapsed(), "maintenance: nothing to do")
+                }
+                Ok(s) => tracing::info!(
+                    partitions = s.partitions_compacted,
+                    files_rewritten = s.files_rewritten,
+                    files_written = s.files_written,
+                    snapshots_expired = s.snapshots_expired,
+                    files_deleted = s.files_deleted,
+                    orphans_deleted = s.orphans_deleted,
+                    duration = ?started.elapsed(),
+                    "maintenance done"
+                ),
+                Err(e) => tracing::warn!(error = %e, kind = e.kind(), "maintenance failed"),
+            }
+            r
+        }
+        .instrument(span)
+        .await
     }
 
     /// Offloads the next window of every table, at most
@@ -410,14 +498,18 @@ impl Offloader {
     /// failure never stops the others. Results are in completion order.
     /// Every run includes its table's late-row sweep.
     pub async fn run_all(&self, tables: &[TableConfig], cancel: &CancellationToken) -> Vec<TableResult> {
-        self.run_tables(tables, cancel, &|_| true).await
+        let extras = Extras {
+            sweep: true,
+            maintain: false,
+        };
+        self.run_tables(tables, cancel, &|_| extras).await
     }
 
     async fn run_tables(
         &self,
         tables: &[TableConfig],
         cancel: &CancellationToken,
-        sweep: &(dyn Fn(&str) -> bool + Sync),
+        extras: &(dyn Fn(&str) -> Extras + Sync),
     ) -> Vec<TableResult> {
         if let Err(e) = self.store.recover_stale_runs(self.stale_run_timeout).await {
             tracing::warn!(error = %e, "could not recover stale runs");
@@ -426,7 +518,7 @@ impl Offloader {
             .map(|t| async move {
                 (
                     t.name().to_owned(),
-                    self.run_traced(t, cancel, sweep(t.name())).await,
+                    self.run_traced(t, cancel, extras(t.name())).await,
                 )
             })
             .buffer_unordered(self.concurrency)
@@ -436,6 +528,11 @@ impl Offloader {
 
     /// Runs [`run_all`](Self::run_all) every `interval` until `shutdown` fires,
     /// calling `on_cycle` with each cycle's results. Returns the number of cycles.
+    /// A table's run sweeps for late rows every
+    /// [`sweep_interval`](OffloaderBuilder::sweep_interval), and is followed
+    /// by the table's maintenance every
+    /// [`maintenance_interval`](OffloaderBuilder::maintenance_interval)
+    /// ([`RunSummary::maintenance`]).
     ///
     /// Shutdown abandons runs that have not started committing and finishes the
     /// ones that have.
@@ -450,8 +547,10 @@ impl Offloader {
         F: FnMut(&[TableResult]),
     {
         let mut cycles = 0;
-        let mut last_cleanup: Option<Instant> = None;
-        let mut last_sweep: HashMap<String, Instant> = HashMap::new();
+        // Tokio's clock (the system's, unless a test pauses time).
+        let mut last_cleanup: Option<tokio::time::Instant> = None;
+        let mut last_sweep: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut last_maintenance: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -464,27 +563,42 @@ impl Offloader {
                 && last_cleanup.is_none_or(|t| t.elapsed() >= every)
             {
                 self.cleanup(tables).await;
-                last_cleanup = Some(Instant::now());
+                last_cleanup = Some(tokio::time::Instant::now());
             }
-            let now = Instant::now();
-            let due: Vec<String> = tables
+            let now = tokio::time::Instant::now();
+            let due = |last: &HashMap<String, tokio::time::Instant>, name: &str, every: Duration| {
+                last.get(name).is_none_or(|t| now - *t >= every)
+            };
+            let plan: HashMap<&str, Extras> = tables
                 .iter()
-                .map(|t| t.name())
-                .filter(|name| {
-                    last_sweep
-                        .get(*name)
-                        .is_none_or(|t| now - *t >= self.sweep_interval)
+                .map(|t| {
+                    let name = t.name();
+                    let extras = Extras {
+                        sweep: due(&last_sweep, name, self.sweep_interval),
+                        maintain: self
+                            .maintenance_interval
+                            .is_some_and(|every| due(&last_maintenance, name, every)),
+                    };
+                    (name, extras)
                 })
-                .map(str::to_owned)
                 .collect();
             let results = self
-                .run_tables(tables, shutdown, &|name| due.iter().any(|d| d == name))
+                .run_tables(tables, shutdown, &|name| {
+                    plan.get(name).copied().unwrap_or(Extras {
+                        sweep: false,
+                        maintain: false,
+                    })
+                })
                 .await;
             for (name, result) in &results {
                 // A sweep that ran (clean or not) restarts the table's interval;
-                // a failed run sweeps again next cycle.
+                // a failed run sweeps again next cycle. The same for maintenance,
+                // which only follows a successful run.
                 if result.as_ref().is_ok_and(|s| s.sweep.is_some()) {
                     last_sweep.insert(name.clone(), now);
+                }
+                if result.as_ref().is_ok_and(|s| s.maintenance.is_some()) {
+                    last_maintenance.insert(name.clone(), now);
                 }
             }
             cycles += 1;
@@ -516,7 +630,7 @@ impl Offloader {
         table: &TableConfig,
         run_id: RunId,
         cancel: &CancellationToken,
-        sweep: bool,
+        extras: Extras,
     ) -> Result<RunSummary, Error> {
         let started = Instant::now();
         let name = table.name();
@@ -532,16 +646,32 @@ impl Offloader {
             }
         };
         let heartbeat = Heartbeat::start(self.store.clone(), lease.clone(), self.lease_ttl);
-        let result = match self.store.record_run(&lease, RunEvent::Started { run_id }).await {
+        let mut result = match self.store.record_run(&lease, RunEvent::Started { run_id }).await {
             Ok(()) => {
-                self.run_leased(table, run_id, &heartbeat, cancel, started, sweep)
+                self.run_leased(table, run_id, &heartbeat, cancel, started, extras.sweep)
                     .await
             }
             Err(e) => Err(e),
         };
+        // The run's own figures end here; maintenance is accounted for apart.
+        let duration = started.elapsed();
+        // Maintenance follows a successful run, under its lease (so no other
+        // worker offloads or maintains the table meanwhile), unless shutting
+        // down or the lease is gone. It is not cancelled once started: it
+        // changes no rows and cleans up after itself.
+        if let Ok(s) = &mut result
+            && extras.maintain
+            && !cancel.is_cancelled()
+            && !heartbeat.lost.is_cancelled()
+        {
+            s.maintenance = Some(
+                self.maintain(table)
+                    .await
+                    .map_err(|e| MaintenanceFailure::from(&e)),
+            );
+        }
         let lease = heartbeat.lease();
         drop(heartbeat);
-        let duration = started.elapsed();
         let now = self.clock.now();
         let event = match &result {
             Ok(s) => {
@@ -629,6 +759,7 @@ impl Offloader {
             watermark: committed,
             rolled_forward,
             sweep: None,
+            maintenance: None,
         };
         // Late rows first, below what is committed: a failed sweep fails the
         // run before its window, so nothing committed goes unreported.

@@ -24,6 +24,12 @@ pub type StopHook = Arc<dyn Fn(&str) + Send + Sync>;
 /// Clones share their counters, so one `Faults` can sit in the source, sink
 /// and store stacks at once.
 ///
+/// Points that are not around an operation (steps inside an adapter, such as
+/// the Iceberg sink's `maintain.commit`) are parsed with
+/// [`parse_with`](Faults::parse_with), which names the extra points a spec
+/// may arm (same `=N` and `:stop` syntax, no `.before`/`.after`), and are
+/// reached by calling [`hit`](Faults::hit) with their name.
+///
 /// ```
 /// use std::sync::{Arc, Mutex};
 /// use offload_core::layer::Faults;
@@ -45,8 +51,8 @@ pub struct Faults {
 
 struct Point {
     name: String,
-    op: Op,
-    after: bool,
+    /// The operation and side, or `None` for a named point ([`Faults::hit`]).
+    op: Option<(Op, bool)>,
     nth: u64,
     stop: bool,
     seen: AtomicU64,
@@ -65,6 +71,22 @@ impl Faults {
     /// Parses a spec (see the type's docs). An unknown operation or a bad
     /// count is an [`Error::InvalidConfig`] naming the entry.
     pub fn parse(spec: &str) -> Result<Self, Error> {
+        Self::parse_with(spec, &[])
+    }
+
+    /// Like [`parse`](Self::parse), also accepting the points in `named`
+    /// (reached with [`hit`](Self::hit), not by an operation).
+    ///
+    /// ```
+    /// use offload_core::layer::Faults;
+    /// let f = Faults::parse_with("maintain.commit=2, sink.maintain.after", &["maintain.commit"]).unwrap();
+    /// assert_eq!(f.points(), ["maintain.commit", "sink.maintain.after"]);
+    /// f.hit("maintain.commit"); // the first time: not armed yet
+    /// f.hit("maintain.outputs"); // not armed at all
+    /// assert!(Faults::parse("maintain.commit").is_err());
+    /// assert!(Faults::parse_with("maintain.comit", &["maintain.commit"]).is_err());
+    /// ```
+    pub fn parse_with(spec: &str, named: &[&str]) -> Result<Self, Error> {
         let mut points = Vec::new();
         for entry in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = |reason: &str| Error::InvalidConfig {
@@ -82,18 +104,26 @@ impl Faults {
                 },
                 None => (rest, 1),
             };
-            let (op, after) = if let Some(op) = name.strip_suffix(".before") {
-                (op, false)
-            } else if let Some(op) = name.strip_suffix(".after") {
-                (op, true)
+            let op = if named.contains(&name) {
+                None
             } else {
-                return Err(bad("a point ends in .before or .after"));
+                let (op, after) = if let Some(op) = name.strip_suffix(".before") {
+                    (op, false)
+                } else if let Some(op) = name.strip_suffix(".after") {
+                    (op, true)
+                } else if named.is_empty() {
+                    return Err(bad("a point ends in .before or .after"));
+                } else {
+                    return Err(bad(&format!(
+                        "a point ends in .before or .after, or is one of {}",
+                        named.join(", ")
+                    )));
+                };
+                Some((Op::parse(op).ok_or_else(|| bad("unknown operation"))?, after))
             };
-            let op = Op::parse(op).ok_or_else(|| bad("unknown operation"))?;
             points.push(Point {
                 name: name.to_owned(),
                 op,
-                after,
                 nth,
                 stop,
                 seen: AtomicU64::new(0),
@@ -121,8 +151,20 @@ impl Faults {
         self.points.iter().map(|p| p.name.as_str()).collect()
     }
 
-    fn hit(&self, op: Op, after: bool) {
-        for p in self.points.iter().filter(|p| p.op == op && p.after == after) {
+    /// Reaches the named point `name` (one given to
+    /// [`parse_with`](Self::parse_with)): on its N-th hit it aborts the
+    /// process, or runs the stop hook for a `:stop` point. Points of
+    /// operations are reached by the layer itself.
+    pub fn hit(&self, name: &str) {
+        self.reach(|p| p.op.is_none() && p.name == name);
+    }
+
+    fn hit_op(&self, op: Op, after: bool) {
+        self.reach(|p| p.op == Some((op, after)));
+    }
+
+    fn reach(&self, matches: impl Fn(&Point) -> bool) {
+        for p in self.points.iter().filter(|p| matches(p)) {
             if p.seen.fetch_add(1, Ordering::SeqCst) + 1 != p.nth {
                 continue;
             }
@@ -149,10 +191,10 @@ impl Policy for Faults {
     ) -> BoxFuture<'a, Result<T, Error>> {
         Box::pin(async move {
             let _ = table;
-            self.hit(op, false);
+            self.hit_op(op, false);
             let r = call().await;
             if r.is_ok() {
-                self.hit(op, true);
+                self.hit_op(op, true);
             }
             r
         })

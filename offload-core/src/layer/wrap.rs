@@ -12,9 +12,9 @@ use futures::future::BoxFuture;
 
 use super::{Elapsed, Layered, Op, Policy, reinvoked};
 use crate::{
-    BatchStream, BucketGrid, CommitMetadata, CommittedWindow, Error, Lease, MaintenanceSummary, RepairMetadata, RunEvent, RunId,
-    Sink, SinkTable, Source, SourceTable, Staged, StagedStats, StagingWriter, TableConfig, TableState,
-    Watermark, WatermarkStore, Window,
+    BatchStream, BucketGrid, CommitMetadata, CommittedWindow, Error, Lease, MaintenanceSummary,
+    RepairMetadata, RunEvent, RunId, Sink, SinkTable, Source, SourceTable, Staged, StagedStats,
+    StagingWriter, TableConfig, TableState, Watermark, WatermarkStore, Window,
 };
 
 fn once<'a, T: Send + 'a>(op: Op) -> BoxFuture<'a, Result<T, Error>> {

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 
 use super::{Row, from_batch};
 use crate::{
-    CommitMetadata, CommittedWindow, Error, RepairMetadata, RunId, Sink, SinkTable, SinkVersion, Staged,
-    StagedStats, StagingWriter, TableConfig, Watermark, Window,
+    CommitMetadata, CommittedWindow, Error, MaintenanceSummary, RepairMetadata, RunId, Sink, SinkTable,
+    SinkVersion, Staged, StagedStats, StagingWriter, TableConfig, Watermark, Window,
 };
 
 #[derive(Debug, Default)]
@@ -17,8 +17,11 @@ struct Table {
     files: Vec<(String, Vec<Row>)>,
     commits: Vec<CommitMetadata>,
     repairs: Vec<RepairMetadata>,
-    /// Bumped by every commit of either kind.
+    /// Bumped by every commit of either kind (not by maintenance: it never
+    /// changes the rows).
     version: u64,
+    /// Calls of [`SinkTable::maintain`].
+    maintenance_runs: usize,
 }
 
 impl Table {
@@ -95,6 +98,18 @@ impl MemorySink {
             .get(table)
             .map(|t| t.repairs.clone())
             .unwrap_or_default()
+    }
+
+    /// Committed files of `table` (maintenance merges them into one).
+    pub fn files(&self, table: &str) -> usize {
+        let state = self.state.lock().expect("sink lock");
+        state.tables.get(table).map_or(0, |t| t.files.len())
+    }
+
+    /// How often [`SinkTable::maintain`] was called on `table`.
+    pub fn maintenance_runs(&self, table: &str) -> usize {
+        let state = self.state.lock().expect("sink lock");
+        state.tables.get(table).map_or(0, |t| t.maintenance_runs)
     }
 
     /// Staged files neither committed nor discarded.
@@ -182,6 +197,31 @@ impl SinkTable for MemorySinkTable {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Merges every committed file into one when there are two or more: the
+    /// rows, the committed window and the version stay as they were.
+    async fn maintain(&self) -> Result<MaintenanceSummary, Error> {
+        let mut state = self.state.lock().expect("sink lock");
+        let Some(t) = state.tables.get_mut(&self.name) else {
+            return Ok(MaintenanceSummary::default());
+        };
+        t.maintenance_runs += 1;
+        let mut summary = MaintenanceSummary::default();
+        if t.files.len() >= 2 {
+            summary.files_rewritten = t.files.len() as u64;
+            let mut rows: Vec<Row> = t.files.drain(..).flat_map(|f| f.1).collect();
+            rows.sort_unstable();
+            summary.partitions_compacted = 1;
+            summary.rows_rewritten = rows.len() as u64;
+            summary.files_written = 1;
+            summary.commits = 1;
+            t.files.push((
+                format!("mem://{}/compacted-{}", self.name, t.maintenance_runs),
+                rows,
+            ));
+        }
+        Ok(summary)
     }
 
     async fn cleanup(&self) -> Result<u64, Error> {
