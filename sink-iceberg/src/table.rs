@@ -3,10 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use async_trait::async_trait;
@@ -24,7 +23,7 @@ use offload_core::{
 
 use crate::keys::Keys;
 use crate::sink::SinkInner;
-use crate::writer::{IcebergStagingWriter, WritePlan, parse_file_name};
+use crate::writer::{IcebergStagingWriter, WritePlan};
 use crate::{
     IcebergSinkConfig, IcebergSinkError, IcebergTableOptions, PartitionField, Transform, markers, schema,
 };
@@ -329,84 +328,31 @@ impl IcebergTable {
         IcebergStagingWriter::start(self.clone(), plan, run_id, self.next_attempt())
     }
 
-    /// Deletes data files under the table's (local) data location that no
-    /// snapshot in the table metadata references, that this sink wrote
-    /// (`<run_id>-<attempt>-<task>-<n>.parquet`), and whose run started and
-    /// whose file was last modified more than `grace` ago. Returns how many
-    /// were deleted. [`SinkTable::cleanup`] is this with the configured
+    /// Deletes every file under the table's (local) location that the table
+    /// metadata does not reference and that was last modified more than
+    /// `grace` ago, metadata included: data files of crashed runs and
+    /// compactions, manifests, manifest lists and metadata files of commits
+    /// that were refused or crashed before the catalog swap, and files that
+    /// dropped out of the metadata log or of expired snapshots. Returns how
+    /// many were deleted. [`SinkTable::cleanup`] is this with the configured
     /// [`orphan_grace`](IcebergSinkConfig::orphan_grace).
     ///
-    /// Files of other writers are never touched. Object-storage locations
-    /// fail with [`IcebergSinkError::CleanupUnsupported`]: iceberg's storage
-    /// layer cannot list; use your engine's `remove_orphan_files` there.
+    /// A referenced file is never deleted: the location is listed first and
+    /// the references (every snapshot's manifest list, manifests and their
+    /// live data and delete files, statistics files, the current metadata
+    /// file and the metadata log) are read from a fresh load afterwards, so
+    /// a commit landing meanwhile only adds references. Files named like this
+    /// sink's data files are kept while their run started less than `grace`
+    /// ago too; keep `grace` above the longest time from writing a file to
+    /// committing it. Under a `write.data.path` outside the table location
+    /// only this sink's data files are candidates. Nothing is deleted when
+    /// the table sets `gc.enabled = false`.
+    ///
+    /// Object-storage locations fail with
+    /// [`IcebergSinkError::CleanupUnsupported`]: iceberg's storage layer
+    /// cannot list; use your engine's `remove_orphan_files` there.
     pub async fn cleanup_orphans(&self, grace: Duration) -> Result<u64, IcebergSinkError> {
-        let Some(current) = self.load_if_exists().await? else {
-            return Ok(0);
-        };
-        let meta = current.metadata();
-        let data_location = meta
-            .properties()
-            .get("write.data.path")
-            .or_else(|| meta.properties().get("write.folder-storage.path"))
-            .cloned()
-            .unwrap_or_else(|| format!("{}/data", meta.location()));
-        let Some(root) = local_path(&data_location) else {
-            return Err(IcebergSinkError::CleanupUnsupported {
-                location: data_location,
-                reason: "only local file-system warehouses can be listed".into(),
-            });
-        };
-        let cutoff = SystemTime::now()
-            .checked_sub(grace)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        // List first, read the referenced set second: a commit landing in
-        // between then only adds references, never hides one.
-        let listed = tokio::task::spawn_blocking(move || list_files(&root))
-            .await
-            .map_err(|e| IcebergSinkError::WriterTask {
-                reason: e.to_string(),
-            })??;
-        let candidates: Vec<PathBuf> = listed
-            .into_iter()
-            .filter(|(path, modified)| {
-                let Some((run, ..)) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(parse_file_name)
-                else {
-                    return false;
-                };
-                let started = run
-                    .get_timestamp()
-                    .map(|t| {
-                        let (s, n) = t.to_unix();
-                        SystemTime::UNIX_EPOCH + Duration::new(s, n)
-                    })
-                    .unwrap_or_else(SystemTime::now);
-                started < cutoff && *modified < cutoff
-            })
-            .map(|(p, _)| p)
-            .collect();
-        if candidates.is_empty() {
-            return Ok(0);
-        }
-        let fresh = self.load().await?;
-        let referenced = referenced_files(&fresh).await?;
-        let mut deleted = 0;
-        for path in candidates {
-            if referenced.contains(&path) {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), "deleted orphan data file");
-                    deleted += 1;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(IcebergSinkError::io(format!("delete {}", path.display()), e)),
-            }
-        }
-        Ok(deleted)
+        self.delete_orphans(grace).await
     }
 }
 
@@ -439,7 +385,9 @@ impl SinkTable for IcebergTable {
     }
 
     async fn cleanup(&self) -> Result<u64, Error> {
-        Ok(self.cleanup_orphans(self.sink_config().maintenance.orphan_grace).await?)
+        Ok(self
+            .cleanup_orphans(self.sink_config().maintenance.orphan_grace)
+            .await?)
     }
 
     async fn maintain(&self) -> Result<offload_core::MaintenanceSummary, Error> {
@@ -543,93 +491,4 @@ fn partition_spec(
             .map_err(|e| IcebergSinkError::iceberg("build the partition spec", e))?;
     }
     Ok(builder.build())
-}
-
-/// A local path for `file:` URLs and absolute paths; `None` for object storage.
-fn local_path(location: &str) -> Option<PathBuf> {
-    if let Some(rest) = location.strip_prefix("file://") {
-        Some(PathBuf::from(if rest.starts_with('/') {
-            rest.to_owned()
-        } else {
-            format!("/{rest}")
-        }))
-    } else if let Some(rest) = location.strip_prefix("file:") {
-        Some(PathBuf::from(rest))
-    } else if location.starts_with('/') {
-        Some(PathBuf::from(location))
-    } else {
-        None
-    }
-}
-
-/// Every regular file under `root` with its modification time.
-fn list_files(root: &Path) -> Result<Vec<(PathBuf, SystemTime)>, IcebergSinkError> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(IcebergSinkError::io(format!("list {}", dir.display()), e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| IcebergSinkError::io(format!("list {}", dir.display()), e))?;
-            let ty = entry
-                .file_type()
-                .map_err(|e| IcebergSinkError::io(format!("stat {}", entry.path().display()), e))?;
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else if ty.is_file() {
-                let modified = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map_err(|e| IcebergSinkError::io(format!("stat {}", entry.path().display()), e))?;
-                out.push((entry.path(), modified));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Local paths of every data file any snapshot in the metadata references.
-async fn referenced_files(table: &Table) -> Result<HashSet<PathBuf>, IcebergSinkError> {
-    let err = |what: &str, e| IcebergSinkError::iceberg(format!("read {what} of {}", table.identifier()), e);
-    let mut manifests = HashSet::new();
-    let mut files = HashSet::new();
-    for snapshot in table.metadata().snapshots() {
-        let list = table
-            .manifest_list_reader(snapshot)
-            .load()
-            .await
-            .map_err(|e| err("a manifest list", e))?;
-        for manifest in list.entries() {
-            // Fast appends carry every earlier manifest forward: read each once.
-            if !manifests.insert(manifest.manifest_path.clone()) {
-                continue;
-            }
-            let m = manifest
-                .load_manifest(table.file_io())
-                .await
-                .map_err(|e| err("a manifest", e))?;
-            for entry in m.entries() {
-                if let Some(p) = local_path(entry.file_path()) {
-                    files.insert(p);
-                }
-            }
-        }
-    }
-    Ok(files)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_paths() {
-        assert_eq!(local_path("file:///tmp/x"), Some(PathBuf::from("/tmp/x")));
-        assert_eq!(local_path("file:/tmp/x"), Some(PathBuf::from("/tmp/x")));
-        assert_eq!(local_path("/tmp/x"), Some(PathBuf::from("/tmp/x")));
-        assert_eq!(local_path("s3://b/x"), None);
-    }
 }

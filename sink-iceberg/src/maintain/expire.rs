@@ -1,0 +1,294 @@
+//! Snapshot expiry, and deletion of the files only expired snapshots referenced.
+//!
+//! Which snapshots expire ([`select`]): along main's ancestry, newest first,
+//! a snapshot is kept when it is among the first `keep_snapshots`, or younger
+//! than `snapshot_retention`, or stopped being main less than `delete_grace`
+//! ago (its child on main committed within it: a reader that loaded the table
+//! since may still read it), or another branch or tag reaches it. Everything
+//! older than the oldest kept snapshot expires, so main's ancestry stays
+//! unbroken. Snapshots off main's ancestry are left alone. The selection then
+//! shrinks until the committed window reads exactly as before
+//! ([`keep_markers`]): same watermark, version, run, engine and token.
+//!
+//! The expiry commits through iceberg's `ExpireSnapshotsAction` (explicit ids
+//! only) together with `write.metadata.previous-versions-max`, then deletes
+//! what the table referenced before and no longer does (Java's
+//! `ExpireSnapshots` with its reachable-file cleanup): manifest lists,
+//! manifests, data and delete files, statistics files, and metadata files
+//! that left the metadata log. A crash in between leaves only unreferenced
+//! files, which orphan removal deletes later.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use iceberg::spec::{MAIN_BRANCH, TableMetadata, TableMetadataBuilder};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use offload_core::MaintenanceSummary;
+
+use super::files::{self, Reach};
+use super::{MaintenanceConfig, Step};
+use crate::{IcebergSinkError, IcebergTable, markers};
+
+/// The table property bounding the metadata log.
+pub(crate) const PROPERTY_PREVIOUS_VERSIONS_MAX: &str = "write.metadata.previous-versions-max";
+
+/// The expiry rules at one instant, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    keep: usize,
+    /// Snapshots at or after this are kept.
+    retained_from: i64,
+    /// Snapshots whose child on main is at or after this are kept.
+    replaced_from: i64,
+}
+
+impl Rules {
+    pub(crate) fn new(cfg: &MaintenanceConfig, now_ms: i64) -> Self {
+        Self {
+            keep: cfg.keep_snapshots.max(1),
+            retained_from: now_ms.saturating_sub(millis(cfg.snapshot_retention)),
+            replaced_from: now_ms.saturating_sub(millis(cfg.delete_grace)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    millis(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// How many of `chain` (main's ancestry newest first, `(snapshot id,
+/// timestamp ms)`) are kept under `rules`; the rest expire. `protected`
+/// snapshots (reached by other refs) are kept.
+pub(crate) fn kept(chain: &[(i64, i64)], protected: &HashSet<i64>, rules: &Rules) -> usize {
+    let mut kept = 0;
+    for (i, &(id, ts)) in chain.iter().enumerate() {
+        let child = i.checked_sub(1).map(|c| chain[c].1);
+        let keep = i < rules.keep
+            || ts >= rules.retained_from
+            || child.is_none_or(|c| c >= rules.replaced_from)
+            || protected.contains(&id);
+        if keep {
+            kept = i + 1;
+        }
+    }
+    kept
+}
+
+/// The snapshots of main's ancestry to expire, newest first.
+pub(crate) fn select(meta: &TableMetadata, rules: &Rules) -> Vec<i64> {
+    let chain: Vec<(i64, i64)> = markers::main_ancestry(meta)
+        .map(|s| (s.snapshot_id(), s.timestamp_ms()))
+        .collect();
+    let n = kept(&chain, &other_refs(meta), rules);
+    chain[n..].iter().map(|(id, _)| *id).collect()
+}
+
+/// Snapshots other refs reach: tag heads, and branch heads with their
+/// ancestry (expiring one would cut that branch's history).
+fn other_refs(meta: &TableMetadata) -> HashSet<i64> {
+    // iceberg 0.10.1 does not expose the refs map; its JSON form does.
+    let refs = serde_json::to_value(meta)
+        .ok()
+        .and_then(|v| v.get("refs").cloned())
+        .and_then(|r| r.as_object().cloned())
+        .unwrap_or_default();
+    let mut out = HashSet::new();
+    for (name, r) in refs {
+        if name == MAIN_BRANCH {
+            continue;
+        }
+        let Some(head) = r.get("snapshot-id").and_then(|v| v.as_i64()) else {
+            continue;
+        };
+        out.insert(head);
+        if r.get("type").and_then(|t| t.as_str()) == Some("tag") {
+            continue;
+        }
+        let mut next = meta.snapshot_by_id(head).and_then(|s| s.parent_snapshot_id());
+        let mut budget = meta.snapshots().len();
+        while let Some(id) = next {
+            if budget == 0 || !out.insert(id) {
+                break;
+            }
+            budget -= 1;
+            next = meta.snapshot_by_id(id).and_then(|s| s.parent_snapshot_id());
+        }
+    }
+    out
+}
+
+/// `ids` (newest first) shortened from the newest end until removing them
+/// leaves the committed window exactly as it reads now (the watermark, the
+/// data version, and the run, engine and token the markers name) and the
+/// committing run still found by `was_committed`.
+pub(crate) fn keep_markers(meta: &TableMetadata, mut ids: Vec<i64>) -> Vec<i64> {
+    let window = |m: &TableMetadata| markers::committed(m).ok().flatten().map(|(w, _)| w);
+    let want = window(meta);
+    while !ids.is_empty() {
+        let after = TableMetadataBuilder::new_from_metadata(meta.clone(), None)
+            .remove_snapshots(&ids)
+            .build();
+        if let Ok(after) = after {
+            let same = window(&after.metadata) == want;
+            let run = want
+                .as_ref()
+                .and_then(|w| w.run_id)
+                .is_none_or(|r| markers::contains_run(&after.metadata, r));
+            if same && run {
+                break;
+            }
+        }
+        ids.remove(0);
+    }
+    ids
+}
+
+/// Expires main's snapshots out of retention and deletes what only they referenced.
+pub(crate) async fn expire(
+    table: &IcebergTable,
+    cfg: &MaintenanceConfig,
+    report: &mut MaintenanceSummary,
+) -> Result<(), IcebergSinkError> {
+    let Some(before) = table.load_if_exists().await? else {
+        return Ok(());
+    };
+    let meta = before.metadata();
+    if !files::gc_enabled(meta) {
+        tracing::warn!(table = %table.ident(), "gc.enabled is false: no snapshot expired");
+        return Ok(());
+    }
+    let ids = keep_markers(meta, select(meta, &Rules::new(cfg, now_ms())));
+    let logs = cfg.keep_metadata_files.max(1).to_string();
+    let set_logs = meta.properties().get(PROPERTY_PREVIOUS_VERSIONS_MAX) != Some(&logs);
+    if ids.is_empty() && !set_logs {
+        return Ok(());
+    }
+    let ident = table.ident();
+    let ice = |what: &str, e| IcebergSinkError::iceberg(format!("{what} of {ident}"), e);
+
+    let mut reach = Reach::default();
+    let mut referenced_before = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        reach.files(&before).await?
+    };
+    referenced_before.extend(files::metadata_files(&before));
+
+    let mut tx = Transaction::new(&before);
+    if !ids.is_empty() {
+        tx = tx
+            .expire_snapshots()
+            .expire_snapshot_ids(ids.iter().copied())
+            // Age-based expiry off: only the ids selected above.
+            .expire_older_than_ms(i64::MIN)
+            .apply(tx)
+            .map_err(|e| ice("expire snapshots", e))?;
+    }
+    if set_logs {
+        tx = tx
+            .update_table_properties()
+            .set(PROPERTY_PREVIOUS_VERSIONS_MAX.to_owned(), logs)
+            .apply(tx)
+            .map_err(|e| ice("bound the metadata log", e))?;
+    }
+    let after = tx
+        .commit(&**table.catalog())
+        .await
+        .map_err(|e| ice("commit the snapshot expiry", e))?;
+    let expired = ids
+        .iter()
+        .filter(|id| after.metadata().snapshot_by_id(**id).is_none())
+        .count() as u64;
+    report.commits += 1;
+    report.snapshots_expired += expired;
+    cfg.step(Step::Expired);
+
+    // What the committed state still references, read from the state the
+    // commit produced: later commits only add references (or expire more).
+    let mut referenced_after = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        reach.files(&after).await?
+    };
+    referenced_after.extend(files::metadata_files(&after));
+    let unreferenced: Vec<String> = referenced_before.difference(&referenced_after).cloned().collect();
+    let candidates = unreferenced.len();
+    let deleted = files::delete_all(after.file_io(), unreferenced, || cfg.step(Step::Deleting)).await;
+    report.files_deleted += deleted;
+    tracing::info!(
+        table = %ident,
+        expired,
+        deleted,
+        unreferenced = candidates,
+        "expired snapshots and deleted the files only they referenced"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    fn rules(keep: usize, retention: i64, grace: i64, now: i64) -> Rules {
+        Rules {
+            keep,
+            retained_from: now - retention,
+            replaced_from: now - grace,
+        }
+    }
+
+    /// A chain of snapshots one hour apart, the newest at `now`: (id = age in hours, ts).
+    fn hourly(n: i64, now: i64) -> Vec<(i64, i64)> {
+        (0..n).map(|age| (age, now - age * H)).collect()
+    }
+
+    #[test]
+    fn keep_count_wins_when_nothing_is_recent() {
+        let now = 1_000 * H;
+        let chain = hourly(10, now);
+        // retention and grace 0: only the newest `keep` stay (plus the head's
+        // child rule: snapshot 1's child is the head, committed "now").
+        assert_eq!(kept(&chain, &HashSet::new(), &rules(3, 0, 0, now)), 3);
+        assert_eq!(kept(&chain, &HashSet::new(), &rules(1, 0, 0, now)), 2);
+        assert_eq!(kept(&chain, &HashSet::new(), &rules(20, 0, 0, now)), 10);
+    }
+
+    #[test]
+    fn retention_keeps_young_snapshots() {
+        let now = 1_000 * H;
+        let chain = hourly(10, now);
+        // younger than 5 h: ages 0..=5 (ts >= now - 5h)
+        assert_eq!(kept(&chain, &HashSet::new(), &rules(1, 5 * H, 0, now)), 6);
+    }
+
+    #[test]
+    fn delete_grace_keeps_recently_replaced_snapshots() {
+        let now = 1_000 * H;
+        let chain = hourly(10, now);
+        // children committed within 3 h: the children of ages 1..=4 are ages 0..=3.
+        assert_eq!(kept(&chain, &HashSet::new(), &rules(1, 0, 3 * H, now)), 5);
+    }
+
+    #[test]
+    fn only_a_suffix_expires() {
+        let now = 1_000 * H;
+        let mut chain = hourly(10, now);
+        // A clock jump: an old snapshot carries a young timestamp; everything
+        // above it stays too, so main's ancestry is never cut in the middle.
+        chain[7].1 = now;
+        assert_eq!(kept(&chain, &HashSet::new(), &rules(1, H, 0, now)), 9);
+        let chain = hourly(10, now);
+        let protected = HashSet::from([6]);
+        assert_eq!(kept(&chain, &protected, &rules(1, 0, 0, now)), 7);
+    }
+}
