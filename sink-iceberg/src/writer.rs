@@ -33,7 +33,7 @@ use crate::{IcebergSinkError, IcebergStaged, IcebergTable};
 /// so the dictionary is built, found too large and thrown away for every page:
 /// profiling put that at ~19% of the engine's CPU on `bronze_trades`.
 /// Strings and nested columns keep dictionaries, where they pay.
-fn without_numeric_dictionaries(
+pub(crate) fn without_numeric_dictionaries(
     mut props: parquet::file::properties::WriterPropertiesBuilder,
     schema: &iceberg::spec::Schema,
 ) -> parquet::file::properties::WriterPropertiesBuilder {
