@@ -17,11 +17,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use common::faulty::{Fault, FaultyCatalog};
 use common::*;
 use futures::TryStreamExt;
 use iceberg::table::Table;
 use offload_core::{BucketGrid, CommittedWindow, RepairMetadata, RunId, SinkTable, Watermark};
-use offload_sink_iceberg::{IcebergTable, MaintenanceConfig, Step, committed_window};
+use offload_sink_iceberg::{IcebergSink, IcebergTable, MaintenanceConfig, Step, committed_window};
 
 macro_rules! on_both_catalogs {
     ($($name:ident),* $(,)?) => {
@@ -51,6 +52,8 @@ on_both_catalogs!(
     orphans_go_once_older_than_the_grace_and_referenced_files_never,
     a_crash_between_expiry_and_deletion_leaves_orphans_cleanup_removes,
     the_metadata_log_stays_bounded_and_old_metadata_files_go,
+    a_window_committed_during_the_expiry_commit_is_kept,
+    expiry_after_a_manifest_rewrite_deletes_the_replaced_manifests,
 );
 
 const MINUTE: i64 = 60_000_000;
@@ -564,6 +567,106 @@ async fn the_metadata_log_stays_bounded_and_old_metadata_files_go(b: Backend) {
     let all: Vec<Commit> = commits.into_iter().chain(more).collect();
     assert_all_readable(&t, &all).await;
     assert_eq!(figures(&read_back(&table).await).count, 10 * ROWS);
+}
+
+async fn a_window_committed_during_the_expiry_commit_is_kept(b: Backend) {
+    let faulty = Arc::new(FaultyCatalog::new(b.sink().await.catalog().clone()));
+    let maintainer = open(
+        &IcebergSink::with_catalog(faulty.clone(), b.config()),
+        "lake.expire_race",
+    );
+    // The offload writes through its own connection.
+    let offload = b.table("lake.expire_race").await;
+    offload.prepare(trades_schema()).await.unwrap();
+    let mut commits = commit_windows(&offload, 0, 6).await;
+    let ids = main_chain(&offload.load().await.unwrap());
+
+    // The expiry's catalog commit waits at the gate while a window lands.
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    faulty.arm(Fault::Gate {
+        reached: reached_tx,
+        release: release_rx,
+    });
+    let m = maintainer.clone();
+    let expiry = tokio::spawn(async move { m.maintain_with(&expiry().keep_snapshots(2)).await });
+    reached.await.unwrap();
+    let late = commit_windows(&offload, 6, 1).await;
+    let late_files = snapshot_files(&offload.load().await.unwrap(), late[0].snapshot).await;
+    commits.extend(late.clone());
+    release.send(()).unwrap();
+
+    // iceberg re-applies the expiry on the new state: both land.
+    let report = expiry.await.unwrap().unwrap();
+    assert_eq!(report.snapshots_expired, 4);
+    let t = offload.load().await.unwrap();
+    let mut want = vec![late[0].snapshot];
+    want.extend(&ids[..2]);
+    assert_eq!(main_chain(&t), want);
+    assert!(
+        late_files.iter().all(|p| p.exists()),
+        "the new snapshot's files stay"
+    );
+    assert_all_readable(&t, &commits).await;
+    assert_eq!(
+        offload.committed().await.unwrap().unwrap().run_id,
+        Some(late[0].run)
+    );
+    assert_eq!(figures(&read_back(&offload).await).count, 7 * ROWS);
+}
+
+/// Manifest paths of snapshot `id`.
+async fn manifests_of(t: &Table, id: i64) -> BTreeSet<PathBuf> {
+    let s = t.metadata().snapshot_by_id(id).unwrap();
+    let list = t.manifest_list_reader(s).load().await.unwrap();
+    list.entries().iter().map(|m| local(&m.manifest_path)).collect()
+}
+
+async fn expiry_after_a_manifest_rewrite_deletes_the_replaced_manifests(b: Backend) {
+    let table = b.table("lake.expire_rewrite").await;
+    table.prepare(trades_schema()).await.unwrap();
+    let mut commits = commit_windows(&table, 0, 6).await;
+    let t = table.load().await.unwrap();
+    let appended = manifests_of(&t, commits[5].snapshot).await;
+    assert_eq!(appended.len(), 6, "one manifest per fast append");
+
+    // The manifest rewrite adds a replace snapshot; the window commit below
+    // it stays (it holds the data version the replace snapshot points at).
+    let report = table
+        .maintain_with(&expiry().max_manifests(3).keep_snapshots(1))
+        .await
+        .unwrap();
+    assert_eq!(report.commits, 2, "{report:?}");
+    let t = table.load().await.unwrap();
+    let chain = main_chain(&t);
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[1], commits[5].snapshot);
+    let rewritten = manifests_of(&t, chain[0]).await;
+    assert!(rewritten.is_disjoint(&appended));
+    assert!(
+        appended.iter().all(|p| p.exists()),
+        "the window commit still reads them"
+    );
+    commits.push(Commit {
+        snapshot: chain[0],
+        rows: 6 * ROWS,
+        run: commits[5].run,
+    });
+    assert_all_readable(&t, &commits).await;
+
+    // Once the snapshots reading the appended manifests expire, they go.
+    commits.extend(commit_windows(&table, 6, 2).await);
+    let report = table.maintain_with(&expiry().keep_snapshots(1)).await.unwrap();
+    let t = table.load().await.unwrap();
+    assert_eq!(main_chain(&t), vec![commits.last().unwrap().snapshot]);
+    assert_eq!(report.snapshots_expired, 3);
+    assert!(missing(&appended), "the replaced manifests are deleted");
+    assert!(
+        rewritten.iter().all(|p| p.exists()),
+        "the rewrite's manifests are still read"
+    );
+    assert_all_readable(&t, &commits).await;
+    assert_eq!(figures(&read_back(&table).await).count, 8 * ROWS);
 }
 
 /// pyiceberg (an independent reader and writer on the same SQLite catalog)
