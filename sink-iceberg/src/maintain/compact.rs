@@ -84,6 +84,9 @@ pub(crate) struct Rewrite {
     /// Inputs whose rows were not sorted by the key (read whole and sorted).
     #[allow(dead_code, reason = "diagnostics, read by the tests")]
     pub(crate) unsorted_inputs: usize,
+    /// The most input files the merge had open at once.
+    #[allow(dead_code, reason = "diagnostics, read by the tests")]
+    pub(crate) max_open_inputs: usize,
 }
 
 /// Whether a partition can hold the watermark's timestamp.
@@ -305,6 +308,7 @@ pub(crate) async fn rewrite(
         bytes_written,
         attempts = merged.attempts,
         unsorted_inputs = merged.unsorted,
+        max_open_inputs = merged.max_open,
         "compaction outputs written"
     );
     Ok(Rewrite {
@@ -315,6 +319,7 @@ pub(crate) async fn rewrite(
         bytes_written,
         attempts: merged.attempts,
         unsorted_inputs: merged.unsorted,
+        max_open_inputs: merged.max_open,
     })
 }
 

@@ -357,6 +357,11 @@ async fn rewrite_merges_overlapping_and_unsorted_files_into_sorted_exact_files()
         (2, 1),
         "the reversed file is found and sorted"
     );
+    assert!(
+        (3..=5).contains(&out.max_open_inputs),
+        "a window, the two repair-like files and at most the file after: {}",
+        out.max_open_inputs
+    );
     assert_eq!(out.bytes_read, p.bytes);
     assert_eq!(out.added.iter().map(DataFile::record_count).sum::<u64>(), p.rows);
     assert_eq!(
@@ -493,6 +498,7 @@ async fn merge_orders_equal_timestamps_by_sequence_across_files() {
         (1, 0),
         "in-order inputs merge in one pass"
     );
+    assert_eq!(out.max_open_inputs, 5, "all five files overlap");
     let after = read(&current, &out.added).await;
     let keys = keys_of(&after);
     assert_eq!(keys.len(), 10_000);
@@ -553,9 +559,42 @@ async fn a_file_starting_below_its_lower_bound_is_merged_in_order_after_a_key_ch
     );
     let out = rewrite(&fx.table, &current, &p, &cfg).await.unwrap();
     assert_eq!((out.attempts, out.unsorted_inputs), (2, 0));
+    assert_eq!(
+        out.max_open_inputs, 1,
+        "with exact bounds, one window file at a time"
+    );
     let after = read(&current, &out.added).await;
     let keys = keys_of(&after);
     assert_eq!(keys.len(), 5_000);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    assert_same_rows(&sorted(&read(&current, &p.files).await), &sorted(&after));
+}
+
+#[tokio::test]
+async fn many_in_order_windows_are_merged_one_file_at_a_time() {
+    let mut fx = Fixture::new(IcebergTableOptions::new()).await;
+    // 120 windows of 500 rows within day 0, then the watermark's day.
+    for w in 0..120 {
+        fx.commit(&run(T0 + w * 600_000_000, 1_000_000, w * 1_000, 500))
+            .await;
+    }
+    fx.commit(&run(T0 + DAY, 1, 1_000_000, 10)).await;
+    let current = fx.load().await;
+    let cfg = MaintenanceConfig::default()
+        .min_input_files(5)
+        .target_file_size(256 * 1024);
+    let p = plan(&fx.table, &current, &cfg).await.unwrap().remove(0);
+    assert_eq!(p.files.len(), 120);
+    let out = rewrite(&fx.table, &current, &p, &cfg).await.unwrap();
+    assert_eq!(
+        out.max_open_inputs, 1,
+        "files are opened only when the merge reaches them"
+    );
+    assert_eq!((out.attempts, out.unsorted_inputs), (1, 0));
+    assert!(out.added.len() as u64 <= p.bytes.div_ceil(256 * 1024) + 1);
+    let after = read(&current, &out.added).await;
+    let keys = keys_of(&after);
+    assert_eq!(keys.len(), 60_000);
     assert!(keys.windows(2).all(|w| w[0] < w[1]));
     assert_same_rows(&sorted(&read(&current, &p.files).await), &sorted(&after));
 }

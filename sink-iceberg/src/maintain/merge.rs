@@ -93,6 +93,8 @@ pub(super) struct Merged {
     pub(super) attempts: u32,
     /// Inputs that were not sorted by the key (read whole and sorted).
     pub(super) unsorted: usize,
+    /// The most input files open at once (the memory bound's `open_files`).
+    pub(super) max_open: usize,
 }
 
 /// Why a merge attempt stopped early.
@@ -184,7 +186,7 @@ impl Job {
                 .map_err(|e| self.ice("open a compaction writer", e))?;
             let merged = self.merge(&mut writer).await;
             let stop = match merged {
-                Ok(rows) => {
+                Ok((rows, max_open)) => {
                     let files = match writer.close().await {
                         Ok(f) => f,
                         Err(e) => {
@@ -206,6 +208,7 @@ impl Job {
                         files,
                         attempts: attempt + 1,
                         unsorted: self.inputs.iter().filter(|i| !i.sorted).count(),
+                        max_open,
                     });
                 }
                 Err(stop) => stop,
@@ -313,8 +316,9 @@ impl Job {
         Ok(())
     }
 
-    /// One merge attempt into `writer`; returns the rows merged.
-    async fn merge<W: IcebergWriter>(&self, writer: &mut W) -> Result<u64, Stop> {
+    /// One merge attempt into `writer`; returns the rows merged and the
+    /// most files that were open at once.
+    async fn merge<W: IcebergWriter>(&self, writer: &mut W) -> Result<(u64, usize), Stop> {
         let bound = |i: usize| self.inputs[i].bound.unwrap_or(i64::MIN);
         let mut order: Vec<usize> = (0..self.inputs.len()).collect();
         order.sort_by_key(|i| (bound(*i), *i));
@@ -322,6 +326,7 @@ impl Job {
         let mut cursors: Vec<Option<Cursor>> = Vec::new();
         let mut heap: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
         let mut out = Out::default();
+        let (mut open, mut max_open) = (0usize, 0usize);
         loop {
             // Open every file the frontier has reached: its rows may be the
             // smallest now. A file whose bound is above the frontier's
@@ -334,6 +339,8 @@ impl Job {
                 if let Some(c) = self.open(i, &mut out).await? {
                     heap.push(Reverse((c.keys[c.pos], cursors.len())));
                     cursors.push(Some(c));
+                    open += 1;
+                    max_open = max_open.max(open);
                 }
             }
             let Some(Reverse((_, id))) = heap.pop() else {
@@ -365,13 +372,14 @@ impl Job {
                 heap.push(Reverse((c.keys[c.pos], id)));
             } else {
                 cursors[id] = None;
+                open -= 1;
             }
             if out.idx.len() >= self.out_rows || out.retired >= MAX_RETIRED {
                 out.flush(self, writer, &mut cursors).await?;
             }
         }
         out.flush(self, writer, &mut cursors).await?;
-        Ok(out.rows)
+        Ok((out.rows, max_open))
     }
 
     /// Opens input `i`: `None` when it has no rows.
