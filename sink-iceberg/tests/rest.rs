@@ -189,6 +189,57 @@ async fn conflict_on_the_first_attempt_is_retried_and_lands_once() {
     assert_eq!(figures(&read_back(&t).await), figures(&[batch]));
 }
 
+/// The server's compare-and-swap loses to a writer outside it (between
+/// validating the requirements and the swap): a genuine 409, retried by
+/// iceberg on the new state (the fence still admits it: the other writer only
+/// changed a property), landing once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_swap_is_a_conflict_and_the_retry_lands_once() {
+    let server = rest_server::start();
+    let t = table(&server, "lostswap").await;
+    let batch = trades(T0, 1, 100, 1_000_000);
+    let run = RunId::new();
+    let staged = stage(&t, run, std::slice::from_ref(&batch)).await;
+    server.reset_stats();
+    server.faults(&[Fault::lose_swap()]);
+    staged
+        .commit(&meta(Watermark::MIN, last_position(&batch), run, "test"))
+        .await
+        .unwrap();
+    let stats = server.stats();
+    assert_eq!(
+        (
+            stats.commits.received,
+            stats.commits.conflicts,
+            stats.commits.applied
+        ),
+        (2, 1, 1),
+        "{:#?}",
+        stats.commit_log
+    );
+    let lost = &stats.commit_log[0];
+    assert_eq!(lost.status, Some(409));
+    assert!(
+        lost.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("another process"),
+        "{lost:?}"
+    );
+    let loaded = t.load().await.unwrap();
+    assert_eq!(
+        loaded
+            .metadata()
+            .properties()
+            .get("offload-test.interleaved")
+            .map(String::as_str),
+        Some("1"),
+        "the other writer's commit is kept"
+    );
+    assert_eq!(snapshots_of(&t, run).await, 1);
+    assert_eq!(rows(&read_back(&t).await), 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conflicts_beyond_iceberg_retries_fail_without_landing() {
     let server = rest_server::start();

@@ -47,7 +47,7 @@ from pyiceberg.table.update import AssertCreate, TableRequirement, TableUpdate
 NS_SEP = "\x1f"  # the spec's namespace separator in paths and `parent` (%1F)
 REQUIREMENTS = pydantic.TypeAdapter(list[TableRequirement])
 UPDATES = pydantic.TypeAdapter(list[TableUpdate])
-FAULT_STATUSES = {409, 500, 502, 503, 504, "drop"}
+FAULT_STATUSES = {409, 500, 502, 503, 504, "drop", "lose-swap"}
 # Error types per status (the spec's IcebergErrorResponse `type`).
 STATUS_TYPES = {409: "CommitFailedException", 500: "CommitStateUnknownException",
                 502: "BadGatewayException", 503: "ServiceUnavailableException",
@@ -86,12 +86,15 @@ class Fault:
         self.op = OP_ALIASES.get(op, op)
         self.status = spec.get("status", 409)
         if self.status not in FAULT_STATUSES:
-            raise bad_request(f"fault status must be one of 409, 500, 502, 503, 504, \"drop\"; got {self.status!r}")
+            raise bad_request("fault status must be one of 409, 500, 502, 503, 504, \"drop\", \"lose-swap\"; "
+                              f"got {self.status!r}")
         self.when = spec.get("when", "before")
         if self.when not in ("before", "after"):
             raise bad_request(f"fault `when` must be \"before\" or \"after\", got {self.when!r}")
         if self.status == 409 and self.when == "after":
             raise bad_request("409 means not applied (spec): a 409 fault can only be `before`")
+        if self.status == "lose-swap" and (self.when != "before" or self.op != "updateTable"):
+            raise bad_request("a lose-swap fault is a commit's, before its swap")
         self.count = spec.get("count", 1)
         if not isinstance(self.count, int) or self.count < 1:
             raise bad_request(f"fault count must be a positive integer, got {self.count!r}")
@@ -111,8 +114,11 @@ class Fault:
 class State:
     """The catalog, the write lock, the fault queue and the counters."""
 
-    def __init__(self, catalog, prefix, verbose):
+    def __init__(self, catalog, other, prefix, verbose):
         self.catalog = catalog
+        # A second, independent writer on the same database (lose-swap faults).
+        self.other = other
+        self.interleaved = 0
         self.prefix = prefix
         self.verbose = verbose
         # One writer at a time inside this process (SQLite has one writer anyway;
@@ -136,6 +142,12 @@ class State:
     def count_request(self, op):
         with self.mutex:
             self.requests[op] = self.requests.get(op, 0) + 1
+
+    def interleave(self, ident):
+        """Commits a property change to `ident` through the other writer."""
+        self.interleaved += 1
+        t = self.other.load_table(ident)
+        t.transaction().set_properties({"offload-test.interleaved": str(self.interleaved)}).commit_transaction()
 
     def peek_fault(self, op, table):
         with self.mutex:
@@ -213,6 +225,19 @@ def load_result(table_or_staged, with_location=True):
     if loc is not None:
         head["metadata-location"] = loc
     return json.dumps(head)[:-1] + ', "metadata": ' + meta + "}"
+
+
+class HookedSqlCatalog(SqlCatalog):
+    """SqlCatalog with a hook between writing a commit's new metadata file and
+    its compare-and-swap: the lose-swap fault commits there from outside."""
+
+    before_swap = None  # set for one commit, under the server's write lock
+
+    def _write_metadata(self, metadata, io, metadata_path):
+        SqlCatalog._write_metadata(metadata, io, metadata_path)
+        hook, self.before_swap = self.before_swap, None
+        if hook is not None:
+            hook()
 
 
 class _Named:
@@ -575,6 +600,13 @@ class Handler(BaseHTTPRequestHandler):
             # commit refused on its own merits keeps the fault queued).
             with st.write_lock:
                 fault = st.peek_fault("updateTable", table)
+                if fault is not None and fault.status == "lose-swap":
+                    # Validated and staged, then another writer commits: the
+                    # swap's WHERE no longer matches and the 409 is genuine.
+                    st.consume_fault(fault)
+                    entry["fault"] = fault.describe()
+                    st.catalog.before_swap = lambda: st.interleave((*ns, name))
+                    fault = None
                 if fault is not None and fault.when == "before":
                     st.consume_fault(fault)
                     entry["fault"] = fault.describe()
@@ -582,7 +614,10 @@ class Handler(BaseHTTPRequestHandler):
                     with st.mutex:
                         st.commits["faults_before"] += 1
                     return self.answer_fault(fault)
-                result = self.apply_commit(ns, name, requirements, updates, entry)
+                try:
+                    result = self.apply_commit(ns, name, requirements, updates, entry)
+                finally:
+                    st.catalog.before_swap = None
                 if fault is not None and entry["applied"]:
                     st.consume_fault(fault)
                     entry["fault"] = fault.describe()
@@ -695,8 +730,9 @@ def main():
         uri = f"sqlite:///{args.db}"
     else:
         uri = args.uri
-    catalog = SqlCatalog(args.catalog_name, uri=uri, warehouse=args.warehouse)
-    Handler.state = State(catalog, args.prefix, args.verbose)
+    catalog = HookedSqlCatalog(args.catalog_name, uri=uri, warehouse=args.warehouse)
+    other = SqlCatalog(args.catalog_name, uri=uri, warehouse=args.warehouse)
+    Handler.state = State(catalog, other, args.prefix, args.verbose)
 
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True

@@ -111,6 +111,8 @@ def config_and_errors(s):
     assert status == 400 and err["error"]["type"] == "BadRequestException", err
     status, err = s.http("POST", "/_test/faults", {"status": 409, "when": "after"})
     assert status == 400, err
+    status, err = s.http("POST", "/_test/faults", {"status": "lose-swap", "when": "after"})
+    assert status == 400, err
 
 
 @test
@@ -273,6 +275,19 @@ def faults(s):
     s.faults({"status": 409, "count": 2})
     t.append(rows(300, 1))
     assert [e["status"] for e in s.stats()["commit_log"][-3:]] == [409, 409, 200]
+    # lose-swap: another writer commits between validation and the swap, so the
+    # swap's WHERE misses: a genuine 409 (conflicts, not faults), then the retry lands.
+    before = s.stats()["commits"]
+    s.faults({"status": "lose-swap"})
+    t = c.load_table(("f", "t"))
+    t.append(rows(400, 2))
+    after = s.stats()
+    assert after["commits"]["conflicts"] == before["conflicts"] + 1, after["commits"]
+    lost = after["commit_log"][-2]
+    assert lost["status"] == 409 and "another process" in lost["error"] and lost["fault"]["status"] == "lose-swap", lost
+    t = s.sql().load_table(("f", "t"))
+    assert t.metadata.properties.get("offload-test.interleaved") == "1", t.metadata.properties
+    assert t.scan().to_arrow().num_rows == 19
     # A fault on another operation: loadTable answers 503 once.
     s.faults({"op": "loadTable", "status": 503})
     assert s.http("GET", "/v1/namespaces/f/tables/t")[0] == 503

@@ -313,6 +313,11 @@ pub enum FaultStatus {
     Http(u16),
     /// The connection is closed (reset) without a response.
     Drop,
+    /// Not an answer: the commit is validated and its metadata file written,
+    /// then another writer (a second SqlCatalog on the same database, outside
+    /// the server's lock) commits a property change, so the compare-and-swap
+    /// misses and the server answers a genuine 409 (counted as a conflict).
+    LoseSwap,
 }
 
 /// One queued fault: the next `count` requests of `op` (default the commit,
@@ -356,6 +361,15 @@ impl Fault {
         }
     }
 
+    /// The next commit loses its compare-and-swap to another writer
+    /// ([`FaultStatus::LoseSwap`]).
+    pub fn lose_swap() -> Fault {
+        Fault {
+            status: FaultStatus::LoseSwap,
+            ..Fault::status(409)
+        }
+    }
+
     /// Apply the commit first, then fail.
     pub fn after(mut self) -> Fault {
         self.after = true;
@@ -393,6 +407,7 @@ impl Fault {
             "status": match self.status {
                 FaultStatus::Http(s) => json!(s),
                 FaultStatus::Drop => json!("drop"),
+                FaultStatus::LoseSwap => json!("lose-swap"),
             },
             "when": if self.after { "after" } else { "before" },
             "count": self.count,
