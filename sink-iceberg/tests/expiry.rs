@@ -758,3 +758,74 @@ print(json.dumps({"rows": data.num_rows, "min_seq": min(data["seq"].to_pylist())
     assert_eq!(read["rows"], 6 * ROWS);
     assert_eq!(read["min_seq"], 201);
 }
+
+/// Refs other than main (made with pyiceberg; iceberg-rust 0.10.1 cannot):
+/// a tag's snapshot and a branch's history are never expired, and expiry
+/// does not cut main's ancestry below them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_other_refs_reach_are_kept() {
+    let python = offload_testkit::venv_python();
+    let b = Backend::sqlite();
+    let table = b.table("lake.expire_refs").await;
+    table.prepare(trades_schema()).await.unwrap();
+    let mut commits = commit_windows(&table, 0, 6).await;
+    let script = r#"
+import json, sys
+from pyiceberg.catalog.sql import SqlCatalog
+cfg = json.loads(sys.argv[1])
+cat = SqlCatalog(cfg["catalog"], uri=f"sqlite:///{cfg['db']}", warehouse=f"file://{cfg['warehouse']}")
+t = cat.load_table(cfg["table"])
+with t.manage_snapshots() as ms:
+    if cfg["kind"] == "tag":
+        ms.create_tag(snapshot_id=cfg["snapshot"], tag_name=cfg["name"])
+    else:
+        ms.create_branch(snapshot_id=cfg["snapshot"], branch_name=cfg["name"])
+print(json.dumps(sorted(cat.load_table(cfg["table"]).metadata.refs.keys())))
+"#;
+    let make_ref = |kind: &str, name: &str, snapshot: i64| {
+        let cfg = serde_json::json!({
+            "db": b.dir.path().join("catalog.db"),
+            "warehouse": b.warehouse(),
+            "catalog": offload_sink_iceberg::DEFAULT_CATALOG_NAME,
+            "table": "lake.expire_refs",
+            "kind": kind,
+            "name": name,
+            "snapshot": snapshot,
+        });
+        let out = Command::new("timeout")
+            .arg("300")
+            .arg(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(cfg.to_string())
+            .output()
+            .expect("run pyiceberg");
+        assert!(
+            out.status.success(),
+            "pyiceberg failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ids = |c: &[Commit]| -> Vec<i64> { c.iter().rev().map(|c| c.snapshot).collect() };
+
+    // A tag on window 3: windows 3..5 stay, 0..2 expire.
+    make_ref("tag", "audit", commits[3].snapshot);
+    let report = table.maintain_with(&expiry().keep_snapshots(1)).await.unwrap();
+    let t = table.load().await.unwrap();
+    assert_eq!(main_chain(&t), ids(&commits[3..]));
+    assert_eq!(report.snapshots_expired, 3);
+    assert_eq!(rows_at(&t, commits[3].snapshot).await, 4 * ROWS, "the tag reads");
+    assert_all_readable(&t, &commits).await;
+
+    // A branch at window 4 (its history is windows 4 and 3): nothing of it
+    // expires, nor anything above it on main.
+    commits.extend(commit_windows(&table, 6, 2).await);
+    make_ref("branch", "dev", commits[4].snapshot);
+    let report = table.maintain_with(&expiry().keep_snapshots(1)).await.unwrap();
+    let t = table.load().await.unwrap();
+    assert_eq!(report.snapshots_expired, 0);
+    assert_eq!(main_chain(&t), ids(&commits[3..]));
+    assert_all_readable(&t, &commits).await;
+    assert_eq!(figures(&read_back(&table).await).count, 8 * ROWS);
+}

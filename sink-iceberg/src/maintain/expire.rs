@@ -129,26 +129,38 @@ fn other_refs(meta: &TableMetadata) -> HashSet<i64> {
 /// leaves the committed window exactly as it reads now (the watermark, the
 /// data version, and the run, engine and token the markers name) and the
 /// committing run still found by `was_committed`.
-pub(crate) fn keep_markers(meta: &TableMetadata, mut ids: Vec<i64>) -> Vec<i64> {
+pub(crate) fn keep_markers(meta: &TableMetadata, ids: Vec<i64>) -> Vec<i64> {
     let window = |m: &TableMetadata| markers::committed(m).ok().flatten().map(|(w, _)| w);
     let want = window(meta);
-    while !ids.is_empty() {
-        let after = TableMetadataBuilder::new_from_metadata(meta.clone(), None)
-            .remove_snapshots(&ids)
-            .build();
-        if let Ok(after) = after {
-            let same = window(&after.metadata) == want;
-            let run = want
-                .as_ref()
-                .and_then(|w| w.run_id)
-                .is_none_or(|r| markers::contains_run(&after.metadata, r));
-            if same && run {
-                break;
-            }
+    let unchanged = |expire: &[i64]| {
+        if expire.is_empty() {
+            return true;
         }
-        ids.remove(0);
+        let Ok(after) = TableMetadataBuilder::new_from_metadata(meta.clone(), None)
+            .remove_snapshots(expire)
+            .build()
+        else {
+            return false;
+        };
+        let run = want
+            .as_ref()
+            .and_then(|w| w.run_id)
+            .is_none_or(|r| markers::contains_run(&after.metadata, r));
+        run && window(&after.metadata) == want
+    };
+    // Expiring a shorter suffix of main's ancestry keeps more of what the
+    // markers are read from: the smallest cut that changes nothing, by
+    // bisection (ids[n..] is empty, so unchanged).
+    let (mut lo, mut hi) = (0, ids.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if unchanged(&ids[mid..]) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
     }
-    ids
+    ids[lo..].to_vec()
 }
 
 /// Expires main's snapshots out of retention and deletes what only they referenced.
