@@ -516,6 +516,56 @@ async fn schema_evolution_commits_through_the_server() {
     assert_eq!((nulls, set), (400, 300), "old rows read the new column as null");
 }
 
+/// iceberg's snapshot expiry (remove-snapshots, with a metadata-log bound in
+/// the same commit) through the server: the window markers survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_expiry_commits_through_the_server() {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+
+    let server = rest_server::start();
+    let t = table(&server, "expire").await;
+    let mut after = Watermark::MIN;
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let b = trades(T0 + i * 1_000_000_000, 1 + i * 100, 100, 1_000_000);
+        after = commit_window(&t, after, std::slice::from_ref(&b)).await.0;
+        all.push(b);
+    }
+    let before = t.load().await.unwrap();
+    let mut ids: Vec<(i64, i64)> = before
+        .metadata()
+        .snapshots()
+        .map(|s| (s.timestamp_ms(), s.snapshot_id()))
+        .collect();
+    ids.sort_unstable();
+    let oldest = ids[0].1;
+    let tx = Transaction::new(&before);
+    let tx = tx
+        .expire_snapshots()
+        .expire_snapshot_ids([oldest])
+        .expire_older_than_ms(i64::MIN)
+        .apply(tx)
+        .unwrap();
+    let tx = tx
+        .update_table_properties()
+        .set("write.metadata.previous-versions-max".into(), "2".into())
+        .apply(tx)
+        .unwrap();
+    let expired = tx.commit(&**t.catalog()).await.unwrap();
+    assert!(expired.metadata().snapshot_by_id(oldest).is_none());
+    assert_eq!(expired.metadata().snapshots().count(), 2);
+    let last = server.stats().commit_log.pop().unwrap();
+    assert!(last.updates.iter().any(|u| u == "remove-snapshots"), "{last:?}");
+    let reloaded = t.load().await.unwrap();
+    assert!(reloaded.metadata().snapshot_by_id(oldest).is_none());
+    assert_eq!(committed_until(&t).await, after);
+    assert_eq!(figures(&read_back(&t).await), figures(&all));
+    // The next commit keeps the metadata log within the bound.
+    let b = trades(T0 + 5_000_000_000, 1000, 10, 1_000);
+    commit_window(&t, after, std::slice::from_ref(&b)).await;
+    assert!(t.load().await.unwrap().metadata().metadata_log().len() <= 2);
+}
+
 // --- (e) independent readers --------------------------------------------------
 
 /// pyiceberg, from the server's SQLite catalog directly and through its own
