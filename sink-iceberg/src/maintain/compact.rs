@@ -168,6 +168,17 @@ pub(crate) async fn plan(
         let enough = files.len() >= cfg.min_input_files
             && files.len() as u64 > bytes.div_ceil(cfg.target_file_size.max(1));
         if closed && enough {
+            let mut paths = HashSet::new();
+            if !files.iter().all(|f| paths.insert(f.file_path())) {
+                // One file live twice (appended twice) holds its rows twice;
+                // a replace cannot name one of its entries. Left alone.
+                tracing::warn!(
+                    table = %ident,
+                    spec_id,
+                    "a partition lists a data file more than once: not compacted"
+                );
+                continue;
+            }
             let rows = files.iter().map(DataFile::record_count).sum();
             plans.push(PartitionPlan {
                 spec_id,

@@ -598,3 +598,29 @@ async fn many_in_order_windows_are_merged_one_file_at_a_time() {
     assert!(keys.windows(2).all(|w| w[0] < w[1]));
     assert_same_rows(&sorted(&read(&current, &p.files).await), &sorted(&after));
 }
+
+#[tokio::test]
+async fn plan_skips_a_partition_that_lists_a_file_twice() {
+    use iceberg::transaction::{ApplyTransactionAction, Transaction};
+
+    let mut fx = Fixture::new(IcebergTableOptions::new()).await;
+    for w in 0..5 {
+        fx.commit(&run(T0 + w * 3_600_000_000, 1_000, w * 1_000, 100))
+            .await;
+    }
+    fx.commit(&run(T0 + DAY, 1, 1_000_000, 10)).await;
+    let cfg = MaintenanceConfig::default().min_input_files(5);
+    let p = plan(&fx.table, &fx.load().await, &cfg).await.unwrap().remove(0);
+    // Another writer appends one of day 0's files again.
+    let current = fx.load().await;
+    let tx = Transaction::new(&current);
+    let tx = tx
+        .fast_append()
+        .with_check_duplicate(false)
+        .add_data_files([p.files[0].clone()])
+        .apply(tx)
+        .unwrap();
+    tx.commit(&**fx.table.catalog()).await.unwrap();
+    let plans = plan(&fx.table, &fx.load().await, &cfg).await.unwrap();
+    assert!(plans.is_empty(), "{plans:?}");
+}
