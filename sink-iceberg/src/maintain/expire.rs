@@ -8,7 +8,9 @@
 //! older than the oldest kept snapshot expires, so main's ancestry stays
 //! unbroken. Snapshots off main's ancestry are left alone. The selection then
 //! shrinks until the committed window reads exactly as before
-//! ([`keep_markers`]): same watermark, version, run, engine and token.
+//! ([`keep_markers`]): same watermark, version, run, engine and token. A
+//! table whose branches set their own `max-snapshot-age-ms` is not expired
+//! (iceberg's action would apply that age beyond these rules; warned).
 //!
 //! The expiry commits through iceberg's `ExpireSnapshotsAction` (explicit ids
 //! only) together with `write.metadata.previous-versions-max`, then deletes
@@ -18,10 +20,10 @@
 //! that left the metadata log. A crash in between leaves only unreferenced
 //! files, which orphan removal deletes later.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use iceberg::spec::{MAIN_BRANCH, TableMetadata, TableMetadataBuilder};
+use iceberg::spec::{MAIN_BRANCH, SnapshotReference, SnapshotRetention, TableMetadata, TableMetadataBuilder};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use offload_core::MaintenanceSummary;
 
@@ -87,42 +89,61 @@ pub(crate) fn select(meta: &TableMetadata, rules: &Rules) -> Vec<i64> {
     let chain: Vec<(i64, i64)> = markers::main_ancestry(meta)
         .map(|s| (s.snapshot_id(), s.timestamp_ms()))
         .collect();
-    let n = kept(&chain, &other_refs(meta), rules);
+    let n = kept(&chain, &Refs::of(meta).protected, rules);
     chain[n..].iter().map(|(id, _)| *id).collect()
 }
 
-/// Snapshots other refs reach: tag heads, and branch heads with their
-/// ancestry (expiring one would cut that branch's history).
-fn other_refs(meta: &TableMetadata) -> HashSet<i64> {
-    // iceberg 0.10.1 does not expose the refs map; its JSON form does.
-    let refs = serde_json::to_value(meta)
-        .ok()
-        .and_then(|v| v.get("refs").cloned())
-        .and_then(|r| r.as_object().cloned())
-        .unwrap_or_default();
-    let mut out = HashSet::new();
-    for (name, r) in refs {
-        if name == MAIN_BRANCH {
-            continue;
-        }
-        let Some(head) = r.get("snapshot-id").and_then(|v| v.as_i64()) else {
-            continue;
-        };
-        out.insert(head);
-        if r.get("type").and_then(|t| t.as_str()) == Some("tag") {
-            continue;
-        }
-        let mut next = meta.snapshot_by_id(head).and_then(|s| s.parent_snapshot_id());
-        let mut budget = meta.snapshots().len();
-        while let Some(id) = next {
-            if budget == 0 || !out.insert(id) {
-                break;
+/// What the table's refs other than main ask of expiry.
+#[derive(Debug, Default)]
+pub(crate) struct Refs {
+    /// Snapshots other refs reach: tag heads, and branch heads with their
+    /// ancestry (expiring one would cut that branch's history).
+    pub(crate) protected: HashSet<i64>,
+    /// Branches (main included) with their own `max-snapshot-age-ms`:
+    /// iceberg's expiry action would expire their old snapshots beyond the
+    /// ids it is given.
+    pub(crate) own_age: Vec<String>,
+}
+
+impl Refs {
+    pub(crate) fn of(meta: &TableMetadata) -> Self {
+        // iceberg 0.10.1 does not expose the refs map; its JSON form does.
+        let all: HashMap<String, SnapshotReference> = serde_json::to_value(meta)
+            .ok()
+            .and_then(|v| v.get("refs").cloned())
+            .and_then(|r| serde_json::from_value(r).ok())
+            .unwrap_or_default();
+        let mut out = Refs::default();
+        for (name, r) in all {
+            if let SnapshotRetention::Branch {
+                max_snapshot_age_ms: Some(_),
+                ..
+            } = r.retention
+            {
+                out.own_age.push(name.clone());
             }
-            budget -= 1;
-            next = meta.snapshot_by_id(id).and_then(|s| s.parent_snapshot_id());
+            if name == MAIN_BRANCH {
+                continue;
+            }
+            out.protected.insert(r.snapshot_id);
+            if !r.is_branch() {
+                continue;
+            }
+            let mut next = meta
+                .snapshot_by_id(r.snapshot_id)
+                .and_then(|s| s.parent_snapshot_id());
+            let mut budget = meta.snapshots().len();
+            while let Some(id) = next {
+                if budget == 0 || !out.protected.insert(id) {
+                    break;
+                }
+                budget -= 1;
+                next = meta.snapshot_by_id(id).and_then(|s| s.parent_snapshot_id());
+            }
         }
+        out.own_age.sort();
+        out
     }
-    out
 }
 
 /// `ids` (newest first) shortened from the newest end until removing them
@@ -177,6 +198,16 @@ pub(crate) async fn expire(
         tracing::warn!(table = %table.ident(), "gc.enabled is false: no snapshot expired");
         return Ok(());
     }
+    let own_age = Refs::of(meta).own_age;
+    if !own_age.is_empty() {
+        tracing::warn!(
+            table = %table.ident(),
+            branches = ?own_age,
+            "branches set their own max-snapshot-age-ms, which iceberg's expiry would apply beyond \
+             maintain's rules: no snapshot expired"
+        );
+        return Ok(());
+    }
     let ids = keep_markers(meta, select(meta, &Rules::new(cfg, now_ms())));
     let logs = cfg.keep_metadata_files.max(1).to_string();
     let set_logs = meta.properties().get(PROPERTY_PREVIOUS_VERSIONS_MAX) != Some(&logs);
@@ -215,9 +246,9 @@ pub(crate) async fn expire(
         .commit(&**table.catalog())
         .await
         .map_err(|e| ice("commit the snapshot expiry", e))?;
-    let expired = ids
-        .iter()
-        .filter(|id| after.metadata().snapshot_by_id(**id).is_none())
+    let expired = meta
+        .snapshots()
+        .filter(|s| after.metadata().snapshot_by_id(s.snapshot_id()).is_none())
         .count() as u64;
     report.commits += 1;
     report.snapshots_expired += expired;
@@ -248,6 +279,72 @@ pub(crate) async fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// v2 metadata with main's ancestry 4 <- 3 <- 2 <- 1 (ids = hours old
+    /// from 1000 h) and a side branch 5 off 2, plus `refs`.
+    fn metadata(refs: &str) -> TableMetadata {
+        let now = 1_000 * H;
+        let snap = |id: i64, parent: Option<i64>, age: i64| {
+            format!(
+                r#"{{"snapshot-id": {id}, {} "sequence-number": {id}, "timestamp-ms": {},
+                "manifest-list": "/t/metadata/snap-{id}.avro", "summary": {{"operation": "append"}},
+                "schema-id": 0}}"#,
+                parent.map_or(String::new(), |p| format!(r#""parent-snapshot-id": {p},"#)),
+                now - age * H
+            )
+        };
+        let snapshots = [
+            snap(1, None, 4),
+            snap(2, Some(1), 3),
+            snap(3, Some(2), 2),
+            snap(4, Some(3), 1),
+            snap(5, Some(2), 1),
+        ]
+        .join(",");
+        let json = format!(
+            r#"{{"format-version": 2, "table-uuid": "9c12d441-03fe-4693-9a96-a0705ddf69c1",
+            "location": "/t", "last-sequence-number": 5, "last-updated-ms": {now},
+            "last-column-id": 1, "current-schema-id": 0,
+            "schemas": [{{"type": "struct", "schema-id": 0, "fields": [
+                {{"id": 1, "name": "x", "required": true, "type": "long"}}]}}],
+            "default-spec-id": 0, "partition-specs": [{{"spec-id": 0, "fields": []}}],
+            "last-partition-id": 999, "default-sort-order-id": 0,
+            "sort-orders": [{{"order-id": 0, "fields": []}}], "properties": {{}},
+            "current-snapshot-id": 4, "snapshots": [{snapshots}],
+            "snapshot-log": [], "metadata-log": [], "refs": {{{refs}}}}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    const MAIN: &str = r#""main": {"snapshot-id": 4, "type": "branch"}"#;
+
+    #[test]
+    fn refs_protect_what_they_reach() {
+        let all = rules(1, 0, 0, 1_000 * H);
+        let m = metadata(MAIN);
+        assert!(Refs::of(&m).protected.is_empty());
+        assert!(Refs::of(&m).own_age.is_empty());
+        assert_eq!(select(&m, &all), vec![3, 2, 1]);
+
+        let m = metadata(&format!(
+            r#"{MAIN}, "audit": {{"snapshot-id": 2, "type": "tag"}}"#
+        ));
+        assert_eq!(Refs::of(&m).protected, HashSet::from([2]));
+        assert_eq!(select(&m, &all), vec![1], "main above the tag stays unbroken");
+
+        let m = metadata(&format!(
+            r#"{MAIN}, "dev": {{"snapshot-id": 5, "type": "branch"}}"#
+        ));
+        assert_eq!(Refs::of(&m).protected, HashSet::from([5, 2, 1]));
+        assert!(select(&m, &all).is_empty(), "the branch's history is main's tail");
+
+        let m = metadata(
+            r#""main": {"snapshot-id": 4, "type": "branch", "max-snapshot-age-ms": 1},
+            "dev": {"snapshot-id": 5, "type": "branch", "min-snapshots-to-keep": 2},
+            "old": {"snapshot-id": 3, "type": "branch", "max-snapshot-age-ms": 5}"#,
+        );
+        assert_eq!(Refs::of(&m).own_age, vec!["main".to_owned(), "old".to_owned()]);
+    }
 
     const H: i64 = 3_600_000;
 
