@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
+use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::{
     DataContentType, DataFile, Datum, Literal, MAIN_BRANCH, ManifestContentType, PartitionKey, PartitionSpec,
     PrimitiveLiteral, PrimitiveType, Struct, Transform, Type,
@@ -242,7 +243,7 @@ pub(crate) async fn rewrite(
         .as_ref()
         .map_or_else(|| "(unpartitioned)".to_owned(), PartitionKey::to_path);
 
-    let tasks = scan_tasks(current, plan, &schema).await?;
+    let tasks = scan_tasks(current, plan, &schema, &ts, key_ids[0]).await?;
     let mut inputs = Vec::with_capacity(plan.files.len());
     for f in &plan.files {
         let task = tasks
@@ -392,11 +393,15 @@ async fn live_files(
 
 /// Scan tasks (iceberg's own planning, so name mapping and the like apply)
 /// for the plan's files, reading every column of the current schema with no
-/// filter.
+/// row filter. Planning is pruned to the files' timestamp range (the union of
+/// their own bounds, so none of them is pruned) so it does not list the
+/// whole table for every partition.
 async fn scan_tasks(
     current: &Table,
     plan: &PartitionPlan,
     schema: &iceberg::spec::SchemaRef,
+    ts: &str,
+    ts_id: i32,
 ) -> Result<HashMap<String, iceberg::scan::FileScanTask>, IcebergSinkError> {
     let ident = current.identifier();
     let Some(snapshot) = current.metadata().snapshot_for_ref(MAIN_BRANCH) else {
@@ -405,19 +410,50 @@ async fn scan_tasks(
     let wanted: Arc<HashSet<String>> =
         Arc::new(plan.files.iter().map(|f| f.file_path().to_owned()).collect());
     let ids: Vec<i32> = schema.as_struct().fields().iter().map(|f| f.id).collect();
-    let tasks: Vec<_> = current
-        .scan()
-        .snapshot_id(snapshot.snapshot_id())
-        .select_all()
-        .build()
-        .map_err(|e| IcebergSinkError::iceberg(format!("plan a compaction scan of {ident}"), e))?
-        .plan_files()
-        .await
-        .map_err(|e| IcebergSinkError::iceberg(format!("plan files of {ident}"), e))?
-        .try_filter(move |t| futures::future::ready(wanted.contains(t.data_file_path())))
-        .try_collect()
-        .await
-        .map_err(|e| IcebergSinkError::iceberg(format!("plan files of {ident}"), e))?;
+    let bound = |f: &DataFile, upper: bool| {
+        if upper {
+            f.upper_bounds().get(&ts_id).cloned()
+        } else {
+            f.lower_bounds().get(&ts_id).cloned()
+        }
+    };
+    let lo: Option<Vec<Datum>> = plan.files.iter().map(|f| bound(f, false)).collect();
+    let hi: Option<Vec<Datum>> = plan.files.iter().map(|f| bound(f, true)).collect();
+    let range = lo.zip(hi).and_then(|(lo, hi)| {
+        let lo = lo.into_iter().reduce(|a, b| if b < a { b } else { a })?;
+        let hi = hi.into_iter().reduce(|a, b| if b > a { b } else { a })?;
+        Some((lo, hi))
+    });
+    let plan_tasks = |filter: Option<Predicate>| {
+        let wanted = wanted.clone();
+        async move {
+            let mut scan = current.scan().snapshot_id(snapshot.snapshot_id()).select_all();
+            if let Some(filter) = filter {
+                scan = scan.with_filter(filter);
+            }
+            scan.build()
+                .map_err(|e| IcebergSinkError::iceberg(format!("plan a compaction scan of {ident}"), e))?
+                .plan_files()
+                .await
+                .map_err(|e| IcebergSinkError::iceberg(format!("plan files of {ident}"), e))?
+                .try_filter(move |t| futures::future::ready(wanted.contains(t.data_file_path())))
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| IcebergSinkError::iceberg(format!("plan files of {ident}"), e))
+        }
+    };
+    let filter = range.map(|(lo, hi)| {
+        Reference::new(ts)
+            .greater_than_or_equal_to(lo)
+            .and(Reference::new(ts).less_than_or_equal_to(hi))
+    });
+    let pruned = filter.is_some();
+    let mut tasks = plan_tasks(filter).await?;
+    let found: HashSet<&str> = tasks.iter().map(|t| t.data_file_path()).collect();
+    if pruned && found.len() < wanted.len() {
+        // Bounds that do not match the manifests: plan without pruning.
+        tasks = plan_tasks(None).await?;
+    }
     Ok(tasks
         .into_iter()
         .map(|mut t| {
