@@ -292,7 +292,16 @@ fn old_enough(path: &Path, modified: SystemTime, cutoff: SystemTime, own_only: b
     }
 }
 
-/// Every regular file under `root` with its modification time.
+/// Hidden names (`.x`, `_x`) that are not partition directories (`_k=v`):
+/// skipped like Java's `DeleteOrphanFiles` skips them (checksums, other
+/// tools' logs and markers).
+fn hidden(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    (name.starts_with('.') || name.starts_with('_')) && !name.contains('=')
+}
+
+/// Every regular file under `root` with its modification time, hidden
+/// files and directories left out.
 pub(crate) fn list_files(root: &Path) -> Result<Vec<(PathBuf, SystemTime)>, IcebergSinkError> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -304,6 +313,9 @@ pub(crate) fn list_files(root: &Path) -> Result<Vec<(PathBuf, SystemTime)>, Iceb
         };
         for entry in entries {
             let entry = entry.map_err(|e| IcebergSinkError::io(format!("list {}", dir.display()), e))?;
+            if hidden(&entry.file_name()) {
+                continue;
+            }
             let ty = entry
                 .file_type()
                 .map_err(|e| IcebergSinkError::io(format!("stat {}", entry.path().display()), e))?;
@@ -355,6 +367,47 @@ mod tests {
         }
         assert_eq!(file_key("s3://b/ns/t/a.parquet"), "s3://b/ns/t/a.parquet");
         assert_ne!(file_key("/wh/ns/t/data/b.parquet"), plain);
+    }
+
+    #[test]
+    fn hidden_names_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "data/ts_day=2024-03-01",
+            "data/_k_bucket=3",
+            "data/_tmp",
+            "metadata",
+            ".hoodie",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "data/ts_day=2024-03-01/a.parquet",
+            "data/ts_day=2024-03-01/.a.parquet.crc",
+            "data/_k_bucket=3/b.parquet",
+            "data/_tmp/c.parquet",
+            "data/_SUCCESS",
+            "metadata/00001-x.metadata.json",
+            ".hoodie/x",
+        ] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let mut got: Vec<PathBuf> = list_files(root)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.strip_prefix(root).unwrap().to_path_buf())
+            .collect();
+        got.sort();
+        let want: Vec<PathBuf> = [
+            "data/_k_bucket=3/b.parquet",
+            "data/ts_day=2024-03-01/a.parquet",
+            "metadata/00001-x.metadata.json",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
