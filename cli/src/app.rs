@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use offload_core::{Offloader, RetryPolicy, Sink, Source, TableConfig, WatermarkStore};
-use offload_sink_iceberg::{CatalogConfig, IcebergSink, IcebergSinkConfig, S3Config, StorageConfig};
+use offload_sink_iceberg::{
+    CatalogConfig, IcebergSink, IcebergSinkConfig, MaintenanceConfig, S3Config, StorageConfig,
+};
 use offload_source_clickhouse::{ClickHouseSource, Compression, SubMicrosecond, UInt64Mapping};
 use offload_watermark_store::{FileStore, PostgresStore};
 
@@ -82,6 +84,7 @@ impl App {
         if let Some(d) = e.sweep_interval {
             engine = engine.sweep_interval(d.0);
         }
+        engine = engine.maintenance_interval(cfg.maintenance.run_interval());
         if let Some(d) = e.stale_run_timeout {
             engine = engine.stale_run_timeout(d.0);
         }
@@ -259,13 +262,59 @@ pub fn sink_config(cfg: &Config) -> Result<IcebergSinkConfig, AppError> {
     s = s
         .commit_timeout(cfg.timeouts.commit.0)
         .connect_timeout(cfg.timeouts.connect.0);
-    if let Some(v) = w.orphan_grace {
-        s = s.orphan_grace(v.0);
-    }
+    // One orphan grace, for cleanup and maintenance alike.
+    s = s.maintenance(maintenance_config(cfg)?);
     if let Some(v) = w.check_duplicate_files {
         s = s.check_duplicate_files(v);
     }
     Ok(s)
+}
+
+/// The `[maintenance]` section (and the `[iceberg.writer] orphan_grace`
+/// alias) as the sink's maintenance configuration; in builds with the
+/// `failpoints` feature, with the `maintain.*` fault points of
+/// `OFFLOAD_FAILPOINTS` as its step hook.
+pub fn maintenance_config(cfg: &Config) -> Result<MaintenanceConfig, AppError> {
+    let m = &cfg.maintenance;
+    let mut c = MaintenanceConfig::default();
+    if let Some(v) = m.target_file_size {
+        c = c.target_file_size(v.0);
+    }
+    if let Some(v) = m.min_input_files {
+        c = c.min_input_files(v);
+    }
+    if let Some(v) = m.compact_open {
+        c = c.compact_open(v);
+    }
+    if let Some(v) = m.manifest_entries {
+        c = c.manifest_entries(v);
+    }
+    if let Some(v) = m.max_manifests {
+        c = c.max_manifests(v);
+    }
+    if let Some(v) = m.snapshot_retention {
+        c = c.snapshot_retention(v.0);
+    }
+    if let Some(v) = m.keep_snapshots {
+        c = c.keep_snapshots(v);
+    }
+    if let Some(v) = m.delete_grace {
+        c = c.delete_grace(v.0);
+    }
+    if let Some(v) = cfg.orphan_grace() {
+        c = c.orphan_grace(v.0);
+    }
+    if let Some(v) = m.keep_metadata_files {
+        c = c.keep_metadata_files(v);
+    }
+    if let Some(v) = m.max_commit_attempts {
+        c = c.max_commit_attempts(v);
+    }
+    #[cfg(feature = "failpoints")]
+    if let Some(hook) = crate::faults::step_hook()? {
+        c = c.on_step(hook);
+    }
+    Ok(c)
 }
 
 /// Connects the Iceberg sink (opens, or for SQLite creates, the catalog).

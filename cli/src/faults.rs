@@ -1,12 +1,16 @@
 //! Fault injection for the reliability suite (feature `failpoints` only):
 //! `OFFLOAD_FAILPOINTS` arms [`offload_core::layer::Faults`] points
-//! (`sink.commit.before`, `sink.write.after=2:stop`, ...). A point aborts the
-//! process; a `:stop` point freezes it with `SIGSTOP` until it is continued
-//! (`SIGCONT`), so a test can act while the program sits at that step.
+//! (`sink.commit.before`, `sink.write.after=2:stop`, ...), and the Iceberg
+//! sink's maintenance steps ([`Step::name`]: `maintain.outputs`,
+//! `maintain.manifests`, `maintain.metadata`, `maintain.commit`,
+//! `maintain.expire`, `maintain.delete`, same `=N` / `:stop` syntax). A point
+//! aborts the process; a `:stop` point freezes it with `SIGSTOP` until it is
+//! continued (`SIGCONT`), so a test can act while the program sits at that step.
 
 use std::sync::Arc;
 
 use offload_core::layer::Faults;
+use offload_sink_iceberg::{Step, StepHook};
 
 use crate::app::AppError;
 
@@ -15,17 +19,34 @@ pub const ENV: &str = "OFFLOAD_FAILPOINTS";
 
 /// The faults armed by [`ENV`], if it is set and not empty.
 pub fn from_env() -> Result<Option<Faults>, AppError> {
+    let faults = parse_env()?;
+    if let Some(f) = &faults {
+        tracing::warn!(points = ?f.points(), "fault injection armed ({ENV})");
+    }
+    Ok(faults)
+}
+
+/// The maintenance step hook reaching the `maintain.*` points armed by
+/// [`ENV`], if any is.
+pub fn step_hook() -> Result<Option<StepHook>, AppError> {
+    let Some(faults) = parse_env()? else {
+        return Ok(None);
+    };
+    if !faults.points().iter().any(|p| Step::parse(p).is_some()) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(move |step: Step| faults.hit(step.name()))))
+}
+
+fn parse_env() -> Result<Option<Faults>, AppError> {
     let Ok(spec) = std::env::var(ENV) else {
         return Ok(None);
     };
-    let faults = Faults::parse(&spec)
+    let steps = Step::ALL.map(Step::name);
+    let faults = Faults::parse_with(&spec, &steps)
         .map_err(|e| AppError::Setup(format!("{ENV}: {e}")))?
         .on_stop(Arc::new(stop));
-    if faults.is_empty() {
-        return Ok(None);
-    }
-    tracing::warn!(points = ?faults.points(), "fault injection armed ({ENV})");
-    Ok(Some(faults))
+    Ok((!faults.is_empty()).then_some(faults))
 }
 
 fn stop(point: &str) {

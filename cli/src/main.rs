@@ -4,6 +4,7 @@
 //! offload run --config offload.toml --once      # one window per table, then exit
 //! offload run --config offload.toml             # every engine.interval until Ctrl-C / SIGTERM
 //! offload cleanup --config offload.toml         # delete orphaned staged files
+//! offload maintain --config offload.toml        # compact, expire snapshots, delete unreferenced files
 //! offload status --config offload.toml --json   # watermark, lag, last run, failures, files
 //! offload reconcile --config offload.toml --from now-2h
 //! ```
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use offload_cli::app::init_logging;
-use offload_cli::commands::{cleanup, reconcile, run, status};
+use offload_cli::commands::{cleanup, maintain, reconcile, run, status};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +35,9 @@ enum Command {
     Run(run::RunArgs),
     /// Delete staged files no commit references (left by crashes), then exit.
     Cleanup(cleanup::CleanupArgs),
+    /// Compact small files, rewrite manifests, expire old snapshots and delete
+    /// unreferenced files of every table, then exit.
+    Maintain(maintain::MaintainArgs),
     /// Per table: committed watermark, lag, last run, failures, files and snapshots.
     Status(status::StatusArgs),
     /// Prove, bucket by bucket, that ClickHouse, Iceberg (and Kafka) hold the same rows.
@@ -50,6 +54,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run::main(a).await,
         Command::Cleanup(a) => cleanup::main(a).await,
+        Command::Maintain(a) => maintain::main(a).await,
         Command::Status(a) => status::main(a).await,
         Command::Reconcile(a) => reconcile::main(a).await,
     }

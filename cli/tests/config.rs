@@ -40,6 +40,26 @@ fn the_example_file_parses_with_every_section() {
     assert_eq!(cfg.clickhouse.settings["max_execution_time"].0, "600");
     assert_eq!(cfg.iceberg.writer.target_file_size_mib, Some(128));
     assert_eq!(cfg.reconcile.expired_after.unwrap().0.as_secs(), 7 * 86_400);
+    let m = &cfg.maintenance;
+    assert_eq!(m.interval.0.as_secs(), 3600);
+    assert_eq!(m.target_file_size.unwrap().0, 256 << 20);
+    assert_eq!(
+        (m.min_input_files, m.keep_snapshots, m.keep_metadata_files),
+        (Some(5), Some(10), Some(10))
+    );
+    assert_eq!(
+        (m.manifest_entries, m.max_manifests, m.max_commit_attempts),
+        (Some(10_000), Some(32), Some(5))
+    );
+    assert_eq!(m.compact_open, Some(false));
+    assert_eq!(m.snapshot_retention.unwrap().0.as_secs(), 86_400);
+    assert_eq!(m.delete_grace.unwrap().0.as_secs(), 3600);
+    assert_eq!(cfg.orphan_grace().unwrap().0.as_secs(), 86_400);
+    // The example spells out the defaults: the sink gets exactly its defaults.
+    assert_eq!(
+        format!("{:?}", offload_cli::app::maintenance_config(&cfg).unwrap()),
+        format!("{:?}", offload_sink_iceberg::MaintenanceConfig::default())
+    );
     let tables = cfg.table_configs().unwrap();
     assert_eq!(tables.len(), 2);
     let t = &tables[0];
@@ -306,5 +326,114 @@ proptest! {
     #[test]
     fn duration_parser_never_panics(s in "\\PC{0,24}") {
         let _ = s.parse::<Dur>();
+    }
+}
+
+#[test]
+fn maintenance_defaults_are_the_sinks_and_run_maintains_hourly() {
+    use offload_sink_iceberg::MaintenanceConfig;
+    let cfg = Config::parse(GOOD).unwrap();
+    assert_eq!(cfg.maintenance.interval.0.as_secs(), 3600);
+    assert_eq!(
+        cfg.maintenance.run_interval(),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(cfg.orphan_grace(), None);
+    assert_eq!(
+        format!("{:?}", offload_cli::app::maintenance_config(&cfg).unwrap()),
+        format!("{:?}", MaintenanceConfig::default())
+    );
+    let never = Config::parse(&format!("{GOOD}\n[maintenance]\ninterval = \"0s\"\n")).unwrap();
+    assert_eq!(never.maintenance.run_interval(), None, "\"0s\": never inside run");
+}
+
+#[test]
+fn every_maintenance_key_reaches_the_sink() {
+    use std::time::Duration;
+
+    use offload_sink_iceberg::MaintenanceConfig;
+    let text = GOOD.replace(
+        "[store]",
+        "[maintenance]\ninterval = \"10m\"\ntarget_file_size = \"64MiB\"\nmin_input_files = 3\n\
+         compact_open = true\nmanifest_entries = 500\nmax_manifests = 8\nsnapshot_retention = \"6h\"\n\
+         keep_snapshots = 4\ndelete_grace = \"30m\"\norphan_grace = \"2h\"\nkeep_metadata_files = 7\n\
+         max_commit_attempts = 9\n[store]",
+    );
+    let cfg = Config::parse(&text).unwrap();
+    assert_eq!(cfg.maintenance.run_interval(), Some(Duration::from_secs(600)));
+    let expected = MaintenanceConfig::default()
+        .target_file_size(64 << 20)
+        .min_input_files(3)
+        .compact_open(true)
+        .manifest_entries(500)
+        .max_manifests(8)
+        .snapshot_retention(Duration::from_secs(6 * 3600))
+        .keep_snapshots(4)
+        .delete_grace(Duration::from_secs(1800))
+        .orphan_grace(Duration::from_secs(7200))
+        .keep_metadata_files(7)
+        .max_commit_attempts(9);
+    let got = offload_cli::app::maintenance_config(&cfg).unwrap();
+    assert_eq!(format!("{got:?}"), format!("{expected:?}"));
+    assert_ne!(format!("{got:?}"), format!("{:?}", MaintenanceConfig::default()));
+    // And it is the sink's maintenance configuration.
+    let sink = offload_cli::app::sink_config(&cfg).unwrap();
+    assert!(format!("{sink:?}").contains(&format!("{expected:?}")), "{sink:?}");
+    // A byte size may also be a plain number of bytes.
+    let bytes = Config::parse(&text.replace("\"64MiB\"", "1048576")).unwrap();
+    assert_eq!(bytes.maintenance.target_file_size.unwrap().0, 1 << 20);
+}
+
+#[test]
+fn maintenance_orphan_grace_wins_over_its_writer_alias() {
+    let section = |writer: &str, maintenance: &str| {
+        let text = GOOD.replace(
+            "[store]",
+            &format!("[iceberg.writer]\n{writer}\n[maintenance]\n{maintenance}\n[store]"),
+        );
+        let cfg = Config::parse(&text).unwrap();
+        let sink = format!("{:?}", offload_cli::app::sink_config(&cfg).unwrap());
+        (cfg.orphan_grace().map(|d| d.0.as_secs()), sink)
+    };
+    let (alias, sink) = section("orphan_grace = \"2h\"", "");
+    assert_eq!(alias, Some(7200), "the writer key alone still counts");
+    assert!(sink.contains("orphan_grace: 7200s"), "{sink}");
+    let (both, sink) = section("orphan_grace = \"2h\"", "orphan_grace = \"3h\"");
+    assert_eq!(both, Some(3 * 3600));
+    assert!(
+        sink.contains("orphan_grace: 10800s") && !sink.contains("7200s"),
+        "{sink}"
+    );
+    let (only, _) = section("", "orphan_grace = \"5m\"");
+    assert_eq!(only, Some(300));
+}
+
+#[test]
+fn bad_maintenance_values_are_typed_errors_that_say_where() {
+    let with = |keys: &str| GOOD.replace("[store]", &format!("[maintenance]\n{keys}\n[store]"));
+    for (text, needle) in [
+        (with("compaction = true"), "compaction"),
+        (with("interval = \"soon\""), "maintenance.interval"),
+        (
+            with("target_file_size = \"256MB\""),
+            "maintenance.target_file_size",
+        ),
+        (with("target_file_size = 0"), "maintenance.target_file_size"),
+        (with("target_file_size = -5"), "maintenance.target_file_size"),
+        (with("min_input_files = 1"), "maintenance.min_input_files"),
+        (with("keep_snapshots = 0"), "maintenance.keep_snapshots"),
+        (with("keep_metadata_files = 0"), "maintenance.keep_metadata_files"),
+        (with("max_commit_attempts = 0"), "maintenance.max_commit_attempts"),
+        (with("manifest_entries = 0"), "maintenance.manifest_entries"),
+        (with("max_manifests = 0"), "maintenance.max_manifests"),
+        (with("delete_grace = 5"), "maintenance.delete_grace"),
+        (with("compact_open = \"yes\""), "maintenance.compact_open"),
+    ] {
+        let err = Config::parse(&text).expect_err(needle);
+        assert!(
+            matches!(err, ConfigError::Parse { .. } | ConfigError::Invalid { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
     }
 }

@@ -1,12 +1,13 @@
 //! The subcommands. Each returns the process exit status:
 //!
-//! | status | `run`, `cleanup` | `status` | `reconcile` |
+//! | status | `run`, `cleanup`, `maintain` | `status` | `reconcile` |
 //! |---|---|---|---|
-//! | 0 | every table succeeded (or was skipped: another worker held it) | every table read, none failing | verdict ok, not yet offloaded, or expired upstream |
+//! | 0 | every table succeeded (or was skipped: another worker held it; a failed maintenance inside `run` does not count) | every table read, none failing | verdict ok, not yet offloaded, or expired upstream |
 //! | 1 | a table failed | a table's last runs failed, or it could not be read | missing, duplicated or diverged rows |
 //! | 2 | could not start: bad configuration, unreachable server | same | same, or reconcile could not run |
 
 pub mod cleanup;
+pub mod maintain;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -1,5 +1,7 @@
 //! `offload run`: offload every table on a schedule (every `engine.interval`)
-//! until Ctrl-C or SIGTERM, or one window per table with `--once`.
+//! until Ctrl-C or SIGTERM, or one window per table with `--once`. On the
+//! schedule, each table is also maintained every `maintenance.interval`,
+//! right after its run (`--once` never maintains: see `offload maintain`).
 
 use std::process::ExitCode;
 
@@ -27,6 +29,16 @@ pub fn report(results: &[TableResult]) -> bool {
             && let Some(line) = sweep_line(sweep)
         {
             println!("{table}: {line}");
+        }
+        if let Ok(s) = r {
+            match &s.maintenance {
+                Some(Ok(m)) if !m.is_noop() => {
+                    println!("{table}: maintenance: {}", super::maintain::summary_line(m))
+                }
+                // Logged and counted; the run itself stands.
+                Some(Err(f)) => eprintln!("{table}: maintenance FAILED ({}): {f}", f.kind),
+                _ => {}
+            }
         }
         match r {
             Ok(s) => match s.window {

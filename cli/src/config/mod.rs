@@ -8,6 +8,7 @@
 //! reference is `offload.example.toml` at the crate root.
 
 mod engine;
+mod maintenance;
 mod reconcile;
 mod sink;
 mod source;
@@ -22,13 +23,14 @@ use offload_core::TableConfig;
 use serde::Deserialize;
 
 pub use engine::{EngineSection, MetricsSection, RetrySection, TimeoutsSection};
+pub use maintenance::MaintenanceSection;
 pub use reconcile::{BucketName, DepthName, KafkaMethodName, KafkaSection, ReconcileSection};
 pub use sink::{CatalogSection, IcebergSection, S3Section, WriterSection};
 pub use source::{ClickHouseSection, CompressionName, SubMicrosecondName, UInt64Name};
 pub use store::StoreSection;
 pub use table::{PartitionSection, TableReconcileSection, TableSection, TransformName};
 pub(crate) use value::with_password;
-pub use value::{Dur, EnvVar, Secret, SettingValue};
+pub use value::{ByteSize, Dur, EnvVar, Secret, SettingValue};
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,9 @@ pub struct Config {
     pub iceberg: IcebergSection,
     /// Where watermarks and leases live.
     pub store: StoreSection,
+    /// `offload maintain`, and maintenance inside `offload run`.
+    #[serde(default)]
+    pub maintenance: MaintenanceSection,
     /// `offload reconcile`.
     #[serde(default)]
     pub reconcile: ReconcileSection,
@@ -185,6 +190,12 @@ impl Config {
             .catalog
             .name()
             .unwrap_or(offload_sink_iceberg::DEFAULT_CATALOG_NAME)
+    }
+
+    /// The orphan grace period: `[maintenance] orphan_grace`, else its alias
+    /// `[iceberg.writer] orphan_grace`, else `None` (the sink's default).
+    pub fn orphan_grace(&self) -> Option<Dur> {
+        self.maintenance.orphan_grace.or(self.iceberg.writer.orphan_grace)
     }
 
     /// The tables as offload-core configurations, with their adapter options
@@ -242,6 +253,7 @@ impl Config {
                 return Err(bad(&format!("timeouts.{key}"), "must be positive"));
             }
         }
+        self.maintenance.validate()?;
         value::refuse_inline_password("clickhouse.url", &self.clickhouse.url)?;
         self.validate_iceberg()?;
         if let StoreSection::Postgres { url, url_env, .. } = &self.store {

@@ -117,7 +117,8 @@ pub struct WriterSection {
     /// Batches queued per encoder task before a write waits (default 4).
     pub queue_depth: Option<usize>,
     /// Staged files younger than this are never deleted by cleanup (default 24h).
-    /// Must exceed your longest run.
+    /// Must exceed your longest run. An alias of `[maintenance] orphan_grace`,
+    /// which wins when both are set ([`Config::orphan_grace`](super::Config::orphan_grace)).
     pub orphan_grace: Option<Dur>,
     /// Re-read the manifests on each commit to refuse files already in the table (default false).
     pub check_duplicate_files: Option<bool>,

@@ -39,6 +39,79 @@ impl fmt::Display for Dur {
     }
 }
 
+/// A size in bytes: an integer (bytes) or text with a binary unit,
+/// `"512KiB"`, `"256MiB"`, `"1GiB"`, `"1 TiB"`, `"100B"` (units are
+/// case-insensitive; decimal units such as `MB` are refused rather than
+/// guessed at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    /// ```
+    /// use offload_cli::config::ByteSize;
+    /// assert_eq!("256MiB".parse::<ByteSize>().unwrap().0, 256 << 20);
+    /// assert_eq!("1 gib".parse::<ByteSize>().unwrap().0, 1 << 30);
+    /// assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+    /// assert!("256MB".parse::<ByteSize>().is_err());
+    /// assert!("1.5GiB".parse::<ByteSize>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let bad = || {
+            format!(
+                "{s:?} is not a byte size: write an integer (bytes) or one with a binary unit, \
+                 e.g. \"256MiB\" (B, KiB, MiB, GiB, TiB)"
+            )
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "kib" => 10,
+            "mib" => 20,
+            "gib" => 30,
+            "tib" => 40,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            N(u64),
+            S(String),
+        }
+        match Any::deserialize(d) {
+            Ok(Any::N(n)) => Ok(ByteSize(n)),
+            Ok(Any::S(s)) => s.parse().map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a byte size: an integer (bytes) or a string such as \"256MiB\"",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n != 0 && n.is_multiple_of(1u64 << shift) {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
 /// The name of an environment variable that holds a secret. The
 /// configuration file only ever names the variable; [`EnvVar::secret`]
 /// reads it when the program connects.
