@@ -1,5 +1,6 @@
 //! `offload cleanup`: delete staged files no commit references (left by
-//! crashes), older than `iceberg.writer.orphan_grace`, then exit.
+//! crashes), older than the orphan grace (`maintenance.orphan_grace`, or its
+//! alias `iceberg.writer.orphan_grace`), then exit.
 
 use std::process::ExitCode;
 
