@@ -176,11 +176,10 @@ fn figures(line: &str) -> std::collections::BTreeMap<String, f64> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn maintain_compacts_a_closed_day_expires_snapshots_and_reconcile_stays_ok() {
-    let s = Lake::new("maintain_cli", Catalog::Sqlite, Store::File);
-    // Six small windows in yesterday's (UTC) day partition, one run each,
-    // then one of today's: yesterday is closed, six files to compact.
+/// Six small windows in yesterday's (UTC) day partition, one run each, then
+/// one of today's: yesterday is closed, with six files to compact.
+fn closed_day_of_six_windows(name: &str) -> Lake {
+    let s = Lake::new(name, Catalog::Sqlite, Store::File);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -198,45 +197,60 @@ async fn maintain_compacts_a_closed_day_expires_snapshots_and_reconcile_stays_ok
     }
     s.insert(600, 100, 5, 10_000);
     s.run_ok();
-    let status = |s: &Lake| offload(s, "status", &["--json"]);
-    let files = |s: &Lake| {
-        let r = status(s);
-        let doc: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.describe()));
-        (
-            doc["tables"][0]["files"].as_u64().unwrap(),
-            doc["tables"][0]["snapshots"].as_u64().unwrap(),
-        )
-    };
     assert_eq!(files(&s), (7, 7), "seven windows, one file and one snapshot each");
+    s
+}
 
-    let flags = [
-        "--snapshot-retention",
-        "0s",
-        "--keep-snapshots",
-        "2",
-        "--delete-grace",
-        "0s",
-        "--orphan-grace",
-        "0s",
-        "--min-input-files",
-        "2",
-    ];
+/// Live data files and snapshots, as `offload status --json` reports them.
+fn files(s: &Lake) -> (u64, u64) {
+    let r = offload(s, "status", &["--json"]);
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.describe()));
+    (
+        doc["tables"][0]["files"].as_u64().unwrap(),
+        doc["tables"][0]["snapshots"].as_u64().unwrap(),
+    )
+}
+
+/// Expire everything but two snapshots, delete at once, compact from two files.
+const FLAGS: [&str; 10] = [
+    "--snapshot-retention",
+    "0s",
+    "--keep-snapshots",
+    "2",
+    "--delete-grace",
+    "0s",
+    "--orphan-grace",
+    "0s",
+    "--min-input-files",
+    "2",
+];
+
+/// `offload maintain FLAGS` with `point` armed; it must abort there.
+fn maintain_crashing_at(s: &Lake, point: &str) {
+    let cfg = s.config();
+    let out = s.command(&cfg, Some(point), "maintain", &FLAGS).output().unwrap();
+    let r = Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(r.signal(), Some(support::SIGABRT), "{point}: {}", r.describe());
+    let name = point.split('=').next().unwrap();
+    assert!(
+        r.stderr.contains(&format!("fault point {name} reached")),
+        "{}",
+        r.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintain_compacts_a_closed_day_expires_snapshots_and_reconcile_stays_ok() {
+    let s = closed_day_of_six_windows("maintain_cli");
+    let flags = FLAGS;
     // A crash before maintenance starts, and one after the compaction's
     // metadata is written but before the catalog swaps to it: nothing changed.
     for point in ["sink.maintain.before", "maintain.metadata"] {
-        let cfg = s.config();
-        let out = s.command(&cfg, Some(point), "maintain", &flags).output().unwrap();
-        let r = Run {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        assert_eq!(r.signal(), Some(support::SIGABRT), "{point}: {}", r.describe());
-        assert!(
-            r.stderr.contains(&format!("fault point {point} reached")),
-            "{}",
-            r.describe()
-        );
+        maintain_crashing_at(&s, point);
         assert_eq!(files(&s), (7, 7), "{point}: nothing committed");
     }
     // The crashed compaction's output is on disk, referenced by nothing.
@@ -462,4 +476,40 @@ async fn run_maintains_each_table_on_its_schedule_and_says_so() {
     assert_eq!(live, 2, "one file per day");
     let v = s.verify(false).await;
     assert_eq!(v.rows, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_maintenance_step_leaves_the_table_whole_and_the_next_maintain_finishes() {
+    // Every maintain.* step (offload_sink_iceberg::Step): compaction outputs
+    // written, manifests written, metadata written, catalog swapped, expiry
+    // committed, the first deletion done.
+    let points = offload_sink_iceberg::Step::ALL.map(|s| s.name());
+    for point in points {
+        let s = closed_day_of_six_windows(&format!("maintain_crash_{}", point.replace('.', "_")));
+        maintain_crashing_at(&s, point);
+        let r = offload(&s, "maintain", &FLAGS);
+        assert!(r.status.success(), "after {point}: {}", r.describe());
+        assert!(
+            r.stdout.starts_with("trades: ") && !r.stdout.contains("FAILED"),
+            "{}",
+            r.describe()
+        );
+        // Whatever the crash left, it is done now: one file per day, two
+        // snapshots, and on disk only what they read (yesterday's six small
+        // files, still read by the kept window snapshot, the compacted one,
+        // today's): the crash's leftovers were orphans, deleted.
+        assert_eq!(files(&s), (2, 2), "after {point}");
+        assert_eq!(s.data_files().await, 8, "after {point}");
+        let r = offload(&s, "maintain", &FLAGS);
+        assert_eq!(
+            r.stdout.trim(),
+            "trades: nothing to do",
+            "after {point}: {}",
+            r.describe()
+        );
+        // Every row once, the store with the table, reconcile ok.
+        let v = s.verify(false).await;
+        assert_eq!((v.rows, v.lost, v.duplicates), (700, 0, 0), "after {point}");
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
 }
