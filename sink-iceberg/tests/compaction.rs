@@ -323,7 +323,8 @@ async fn a_repair_landing_during_compaction_is_kept() {
                 && let Some((reached, go)) = gate.lock().unwrap().take()
             {
                 reached.send(()).unwrap();
-                go.recv().unwrap();
+                // Hand this worker's queue to another thread while it waits.
+                tokio::task::block_in_place(|| go.recv().unwrap());
             }
         }));
     let maintained = {

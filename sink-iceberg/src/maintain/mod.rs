@@ -28,7 +28,10 @@ impl IcebergTable {
     /// Safe to run while offload runs, sweeps or another `maintain` commit:
     /// a replace commit that loses a race is rebuilt on the new state if the
     /// files it replaces are still live, and abandoned otherwise.
-    pub async fn maintain_with(&self, cfg: &MaintenanceConfig) -> Result<MaintenanceSummary, IcebergSinkError> {
+    pub async fn maintain_with(
+        &self,
+        cfg: &MaintenanceConfig,
+    ) -> Result<MaintenanceSummary, IcebergSinkError> {
         let mut report = MaintenanceSummary::default();
         let Some(current) = self.load_if_exists().await? else {
             return Ok(report);
@@ -39,6 +42,14 @@ impl IcebergTable {
             let outcome = replace::commit(self, replace::ReplacePlan::compaction(&rewrite), cfg).await;
             match outcome {
                 Ok(done) => {
+                    tracing::info!(
+                        table = %self.ident(),
+                        snapshot = done.snapshot_id,
+                        files = rewrite.removed.len(),
+                        into = rewrite.added.len(),
+                        rows = rewrite.rows,
+                        "compacted a partition"
+                    );
                     report.partitions_compacted += 1;
                     report.files_rewritten += rewrite.removed.len() as u64;
                     report.files_written += rewrite.added.len() as u64;
@@ -49,6 +60,16 @@ impl IcebergTable {
                     report.conflicts_retried += u64::from(done.retries);
                     report.manifests_before = report.manifests_before.max(done.manifests_before);
                     report.manifests_after = done.manifests_after;
+                }
+                // The commit may still land: keep its files (orphan cleanup
+                // removes them after the grace if it did not).
+                Err(e @ IcebergSinkError::ReplaceOutcomeUnknown { .. }) => return Err(e),
+                // Another maintain replaced these files first: nothing of
+                // ours landed; the other partitions still get their turn.
+                Err(IcebergSinkError::ReplaceConflict { reason, .. }) => {
+                    compact::delete_outputs(&current, &rewrite).await;
+                    tracing::info!(table = %self.ident(), %reason, "compaction of a partition abandoned");
+                    report.conflicts_retried += 1;
                 }
                 Err(e) => {
                     compact::delete_outputs(&current, &rewrite).await;
