@@ -715,3 +715,138 @@ async fn the_prefix_comes_from_the_config_endpoint() {
     assert!(body.unwrap()["metadata"]["snapshots"].as_array().unwrap().len() == 1);
     assert_eq!(server.stats().commits.applied, 1);
 }
+
+// --- maintenance's own replace commit over REST --------------------------------
+
+/// Maintenance that only rewrites manifests (nothing to compact or expire).
+fn manifests_only() -> offload_sink_iceberg::MaintenanceConfig {
+    offload_sink_iceberg::MaintenanceConfig::default()
+        .min_input_files(1_000_000)
+        .max_manifests(1)
+        .snapshot_retention(Duration::from_secs(365 * 86_400))
+        .keep_snapshots(1_000_000)
+}
+
+/// A table with `n` one-second windows of 10 rows; returns the committed window.
+async fn windows_over_rest(
+    server: &RestServer,
+    name: &str,
+    n: usize,
+) -> (IcebergTable, offload_core::CommittedWindow) {
+    let t = table(server, name).await;
+    let mut after = Watermark::MIN;
+    for i in 0..n {
+        let batch = trades(T0 + i as i64 * 1_000_000, (i * 10) as i64 + 1, 10, 1_000);
+        after = commit_window(&t, after, std::slice::from_ref(&batch)).await.0;
+    }
+    let c = t.committed().await.unwrap().unwrap();
+    (t, c)
+}
+
+fn main_operation(t: &iceberg::table::Table) -> iceberg::spec::Operation {
+    t.metadata()
+        .current_snapshot()
+        .unwrap()
+        .summary()
+        .operation
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replace_commit_goes_through_the_rest_spec_commit() {
+    let server = rest_server::start();
+    let (t, before) = windows_over_rest(&server, "replace", 4).await;
+    server.reset_stats();
+    let report = t.maintain_with(&manifests_only()).await.unwrap();
+    assert_eq!(
+        (report.manifests_before, report.manifests_after),
+        (4, 1),
+        "{report:?}"
+    );
+    let stats = server.stats();
+    let replace = stats
+        .commit_log
+        .iter()
+        .find(|e| e.updates.iter().any(|u| u == "add-snapshot"))
+        .unwrap_or_else(|| panic!("no add-snapshot commit: {:#?}", stats.commit_log));
+    assert_eq!(replace.status, Some(200));
+    for r in ["assert-table-uuid", "assert-ref-snapshot-id"] {
+        assert!(replace.requirements.iter().any(|x| x == r), "{replace:?}");
+    }
+    assert!(
+        replace.updates.iter().any(|u| u == "set-snapshot-ref"),
+        "{replace:?}"
+    );
+    let loaded = t.load().await.unwrap();
+    assert_eq!(main_operation(&loaded), iceberg::spec::Operation::Replace);
+    assert_eq!(
+        t.committed().await.unwrap().unwrap(),
+        before,
+        "window and data version unchanged"
+    );
+    assert_eq!(rows(&read_back(&t).await), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replace_conflict_is_rebuilt_and_unknown_outcomes_are_resolved() {
+    let server = rest_server::start();
+    let (t, before) = windows_over_rest(&server, "replace_faults", 3).await;
+
+    // 409 on the first replace: rebuilt on a fresh load and sent again.
+    server.faults(&[Fault::conflict().on_table("lake.replace_faults")]);
+    let report = t.maintain_with(&manifests_only()).await.unwrap();
+    assert_eq!(report.conflicts_retried, 1, "{report:?}");
+    assert_eq!(report.manifests_after, 1);
+    assert!(server.pending_faults().is_empty(), "the fault was hit");
+
+    // Applied, then a 500: the reply is lost, the snapshot is on main.
+    let next = trades(T0 + 100_000_000, 1_000, 10, 1_000);
+    let until = last_position(&next);
+    let run = RunId::new();
+    stage(&t, run, std::slice::from_ref(&next))
+        .await
+        .commit(&meta(before.until, until, run, "test"))
+        .await
+        .unwrap();
+    let mut cfg = manifests_only().max_manifests(1);
+    server.faults(&[Fault::status(500).after().on_table("lake.replace_faults")]);
+    let report = t.maintain_with(&cfg).await.unwrap();
+    assert_eq!(report.manifests_after, 1, "resolved as landed: {report:?}");
+    assert_eq!(
+        main_operation(&t.load().await.unwrap()),
+        iceberg::spec::Operation::Replace
+    );
+
+    // Not applied, then a 503: unknown, and reading back shows it did not land.
+    let more = trades(T0 + 200_000_000, 2_000, 10, 1_000);
+    let until2 = last_position(&more);
+    let run2 = RunId::new();
+    stage(&t, run2, std::slice::from_ref(&more))
+        .await
+        .commit(&meta(until, until2, run2, "test"))
+        .await
+        .unwrap();
+    let snapshots = t.load().await.unwrap().metadata().snapshots().count();
+    server.faults(&[Fault::status(503).before().on_table("lake.replace_faults")]);
+    let err = t.maintain_with(&cfg).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            offload_sink_iceberg::IcebergSinkError::ReplaceOutcomeUnknown { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert_eq!(
+        t.load().await.unwrap().metadata().snapshots().count(),
+        snapshots,
+        "nothing landed"
+    );
+    // The next maintain finishes the job.
+    cfg = cfg.max_commit_attempts(2);
+    let report = t.maintain_with(&cfg).await.unwrap();
+    assert_eq!(report.manifests_after, 1, "{report:?}");
+    let c = t.committed().await.unwrap().unwrap();
+    assert_eq!((c.until, c.run_id), (until2, Some(run2)));
+    assert_eq!(rows(&read_back(&t).await), 50, "no row lost or doubled");
+}
