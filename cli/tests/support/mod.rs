@@ -122,6 +122,10 @@ pub struct Lake {
     /// Sequence ranges `(first, n)` inserted older than the horizon, after
     /// their window: the judge expects exactly these rows missing, and reported.
     pub beyond: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// The table's `partition` value (TOML), if not the default (`day`).
+    pub partition: Option<String>,
+    /// The `[maintenance]` section's keys (TOML lines), if any.
+    pub maintenance: String,
 }
 
 /// How old rows that arrive "hours late" are: inside [`LATE_HORIZON`].
@@ -165,6 +169,8 @@ impl Lake {
             engine_id: Some("crash-suite".into()),
             late_horizon: LATE_HORIZON.into(),
             beyond: std::sync::Mutex::new(Vec::new()),
+            partition: None,
+            maintenance: String::new(),
         }
     }
 
@@ -194,7 +200,17 @@ impl Lake {
             ),
         };
         let engine = engine_id.map(|id| format!("id = \"{id}\"\n")).unwrap_or_default();
-        format!(
+        let partition = self
+            .partition
+            .as_ref()
+            .map(|p| format!("partition = {p}\n"))
+            .unwrap_or_default();
+        let maintenance = if self.maintenance.is_empty() {
+            String::new()
+        } else {
+            format!("[maintenance]\n{}\n", self.maintenance.trim_end())
+        };
+        let text = format!(
             "[engine]\n{engine}lease_ttl = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
              [iceberg]\nwarehouse = \"{}/warehouse\"\n[iceberg.catalog]\n{}\n[store]\n{store}\n\
              [[tables]]\nname = \"trades\"\nsink_table = \"lake.trades\"\ntimestamp_column = \"ts\"\n\
@@ -207,7 +223,8 @@ impl Lake {
             self.catalog_section(),
             self.batch_size,
             self.late_horizon,
-        )
+        );
+        text + &partition + &maintenance
     }
 
     /// Writes a config file (the scenario's engine id unless `engine_id` says otherwise).
@@ -335,12 +352,90 @@ impl Lake {
 
     /// Spawns `offload run --once` with its output in `<dir>/<log>`.
     pub fn spawn(&self, config: &Path, failpoints: Option<&str>, log: &str) -> Child {
+        self.spawn_command(config, failpoints, "run", &["--once"], log)
+    }
+
+    /// Spawns `offload <subcommand> <args>` with its output in `<dir>/<log>`.
+    pub fn spawn_command(
+        &self,
+        config: &Path,
+        failpoints: Option<&str>,
+        subcommand: &str,
+        args: &[&str],
+        log: &str,
+    ) -> Child {
         let out = File::create(self.dir.join(log)).unwrap();
-        self.command(config, failpoints, "run", &["--once"])
+        self.command(config, failpoints, subcommand, args)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap()
+    }
+
+    /// Spawns `offload <subcommand> <args>`, its stdout in `<dir>/<log>` and
+    /// its stderr in `<dir>/<log>.stderr` ([`Lake::collect`] reads both).
+    pub fn spawn_split(&self, failpoints: Option<&str>, subcommand: &str, args: &[&str], log: &str) -> Child {
+        let cfg = self.config();
+        self.command(&cfg, failpoints, subcommand, args)
+            .stdout(Stdio::from(File::create(self.dir.join(log)).unwrap()))
+            .stderr(Stdio::from(
+                File::create(self.dir.join(format!("{log}.stderr"))).unwrap(),
+            ))
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits for a child of [`Lake::spawn_split`] and reads its output.
+    pub fn collect(&self, mut child: Child, log: &str) -> Run {
+        let status = child.wait().unwrap();
+        let read = |f: String| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        Run {
+            status,
+            stdout: read(log.to_owned()),
+            stderr: read(format!("{log}.stderr")),
+        }
+    }
+
+    /// `offload maintain --json <args>` to its end, with `failpoints` armed.
+    pub fn maintain(&self, failpoints: Option<&str>, args: &[&str]) -> Run {
+        let cfg = self.config();
+        let args = [&["--json"], args].concat();
+        Run::from_output(
+            self.command(&cfg, failpoints, "maintain", &args)
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// `offload maintain --json <args>`; it must succeed. Its report.
+    pub fn maintain_ok(&self, args: &[&str]) -> Maintained {
+        let r = self.maintain(None, args);
+        assert!(
+            r.status.success(),
+            "[{}] offload maintain failed: {}",
+            self.name,
+            r.describe()
+        );
+        Maintained::parse(&r)
+    }
+
+    /// `offload maintain` with `failpoint` armed; it must abort there.
+    pub fn maintain_crash_at(&self, failpoint: &str) -> Run {
+        let r = self.maintain(Some(failpoint), &[]);
+        assert_eq!(
+            r.signal(),
+            Some(SIGABRT),
+            "[{}] fault point {failpoint} did not abort offload maintain: {}",
+            self.name,
+            r.describe()
+        );
+        let point = failpoint.split('=').next().unwrap();
+        assert!(
+            r.stderr.contains(&format!("fault point {point} reached")),
+            "{}",
+            r.describe()
+        );
+        r
     }
 
     /// Runs with no hold-back until there is nothing new (rows stopped
@@ -788,6 +883,191 @@ impl Lake {
         };
         pyiceberg_figures(&uri, &self.catalog_name, &self.dir)
     }
+}
+
+/// What one `offload maintain --json` did to the table (its `tables[0]`).
+#[derive(Debug, Default, Clone)]
+pub struct Maintained {
+    pub partitions_compacted: u64,
+    pub files_rewritten: u64,
+    pub files_written: u64,
+    pub rows_rewritten: u64,
+    pub snapshots_expired: u64,
+    pub files_deleted: u64,
+    pub orphans_deleted: u64,
+    pub commits: u64,
+    pub conflicts_retried: u64,
+    pub noop: bool,
+}
+
+impl Maintained {
+    pub fn parse(r: &Run) -> Self {
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("maintain --json: {e}: {}", r.describe()));
+        let t = &doc["tables"][0];
+        assert_eq!(t["ok"], true, "{}", r.describe());
+        let n = |k: &str| {
+            t[k].as_u64()
+                .unwrap_or_else(|| panic!("maintain --json: no {k}: {}", r.describe()))
+        };
+        Maintained {
+            partitions_compacted: n("partitions_compacted"),
+            files_rewritten: n("files_rewritten"),
+            files_written: n("files_written"),
+            rows_rewritten: n("rows_rewritten"),
+            snapshots_expired: n("snapshots_expired"),
+            files_deleted: n("files_deleted"),
+            orphans_deleted: n("orphans_deleted"),
+            commits: n("commits"),
+            conflicts_retried: n("conflicts_retried"),
+            noop: t["noop"].as_bool().unwrap_or(false),
+        }
+    }
+}
+
+/// The files under the table's location against what its current metadata
+/// references (read here with iceberg-rust, independently of the sink's
+/// own reachability code): every snapshot's manifest list, its manifests and
+/// their data files, the current metadata file and those in its log.
+#[derive(Debug, Default)]
+pub struct FileAudit {
+    /// Files under `data/` and `metadata/`.
+    pub on_disk: std::collections::BTreeSet<String>,
+    /// Files some kept snapshot reads (data files alive in its manifests,
+    /// its manifests and list) or the metadata names; data files of
+    /// `DELETED` entries count too (still named by a kept manifest).
+    pub referenced: std::collections::BTreeSet<String>,
+    /// Referenced files that are not on disk: a reader of a kept snapshot
+    /// would fail. Must always be empty.
+    pub missing: Vec<String>,
+    /// Files on disk nothing references (orphans).
+    pub unreferenced: Vec<String>,
+}
+
+impl Lake {
+    /// Audits the table's files ([`FileAudit`]).
+    pub async fn file_audit(&self) -> FileAudit {
+        fn strip(p: &str) -> String {
+            p.trim_start_matches("file://").to_owned()
+        }
+        fn walk(p: &Path, out: &mut std::collections::BTreeSet<String>) {
+            let Ok(rd) = std::fs::read_dir(p) else { return };
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.insert(path.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let app = self.app().await;
+        let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
+        let meta = t.metadata();
+        let root = strip(meta.location());
+        let mut audit = FileAudit::default();
+        for sub in ["data", "metadata"] {
+            walk(&Path::new(&root).join(sub), &mut audit.on_disk);
+        }
+        let mut referenced = std::collections::BTreeSet::new();
+        // Files that must exist: what kept snapshots read as live.
+        let mut needed = std::collections::BTreeSet::new();
+        needed.insert(strip(t.metadata_location().expect("a metadata location")));
+        for log in meta.metadata_log() {
+            referenced.insert(strip(&log.metadata_file));
+        }
+        for snap in meta.snapshots() {
+            needed.insert(strip(snap.manifest_list()));
+            let list = t.manifest_list_reader(snap).load().await.unwrap_or_else(|e| {
+                panic!(
+                    "[{}] the manifest list of kept snapshot {} cannot be read: {e}",
+                    self.name,
+                    snap.snapshot_id()
+                )
+            });
+            for m in list.entries() {
+                needed.insert(strip(&m.manifest_path));
+                let manifest = m.load_manifest(t.file_io()).await.unwrap_or_else(|e| {
+                    panic!(
+                        "[{}] manifest {} of kept snapshot {} cannot be read: {e}",
+                        self.name,
+                        m.manifest_path,
+                        snap.snapshot_id()
+                    )
+                });
+                for e in manifest.entries() {
+                    let path = strip(e.data_file().file_path());
+                    if e.is_alive() {
+                        needed.insert(path);
+                    } else {
+                        referenced.insert(path);
+                    }
+                }
+            }
+        }
+        audit.missing = needed
+            .iter()
+            .filter(|p| !audit.on_disk.contains(*p))
+            .cloned()
+            .collect();
+        referenced.extend(needed);
+        audit.unreferenced = audit
+            .on_disk
+            .iter()
+            .filter(|p| !referenced.contains(*p))
+            .cloned()
+            .collect();
+        audit.referenced = referenced;
+        audit
+    }
+
+    /// Live data files of the table's current snapshot whose path lies in
+    /// a partition directory containing `part` (e.g. `ts_hour=2026-12-01-13`).
+    pub async fn live_files_in(&self, part: &str) -> usize {
+        let app = self.app().await;
+        let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
+        let Some(snap) = t.metadata().current_snapshot() else {
+            return 0;
+        };
+        let list = t.manifest_list_reader(snap).load().await.unwrap();
+        let mut n = 0;
+        for m in list.entries() {
+            let manifest = m.load_manifest(t.file_io()).await.unwrap();
+            n += manifest
+                .entries()
+                .iter()
+                .filter(|e| e.is_alive() && e.data_file().file_path().contains(&format!("/{part}/")))
+                .count();
+        }
+        n
+    }
+}
+
+/// Waits for the condition "`child` is stopped" (state T in /proc: a `:stop`
+/// fault point froze it). Panics with its log if it ended instead.
+pub fn wait_stopped(child: &mut Child, log: &Path) {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "offload finished ({status:?}) before its fault point stopped it\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGCONT to a child stopped by a `:stop` fault point.
+pub fn resume(child: &Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGCONT) }, 0);
 }
 
 /// `lake.trades` read by pyiceberg (`tests/lake_figures.py`) through the SQL
