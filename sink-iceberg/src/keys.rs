@@ -10,17 +10,13 @@ use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use iceberg::expr::{Predicate, Reference};
 use iceberg::scan::ArrowRecordBatchStream;
-use iceberg::spec::{
-    DataContentType, Datum, MAIN_BRANCH, ManifestContentType, PrimitiveLiteral, PrimitiveType, SnapshotRef,
-    Type,
-};
+use iceberg::spec::{Datum, MAIN_BRANCH, PrimitiveLiteral, PrimitiveType, SnapshotRef, Type};
 use iceberg::table::Table;
 use offload_core::{BucketGrid, Watermark, Window, sequences_u64, timestamps_micros};
 
 use crate::IcebergSinkError;
 
 /// Manifests loaded at once while counting.
-const MANIFEST_CONCURRENCY: usize = 8;
 /// Rows per batch of a key scan (two narrow columns).
 const BATCH_ROWS: usize = 64 * 1024;
 
@@ -252,39 +248,13 @@ impl<'a> Keys<'a> {
         snapshot: &SnapshotRef,
         grid: &BucketGrid,
     ) -> Result<Option<CountPlan>, IcebergSinkError> {
-        let ident = self.table.identifier();
-        let list = self
-            .table
-            .manifest_list_reader(snapshot)
-            .load()
-            .await
-            .map_err(|e| IcebergSinkError::iceberg(format!("read the manifest list of {ident}"), e))?;
-        if list
-            .entries()
-            .iter()
-            .any(|m| m.content != ManifestContentType::Data)
-        {
+        let Some(live) = crate::manifests::live_files(&self.table, snapshot).await? else {
             return Ok(None);
-        }
-        let loads = list.entries().iter().cloned().map(|m| {
-            let (file_io, ident) = (self.table.file_io().clone(), ident.clone());
-            async move {
-                m.load_manifest(&file_io)
-                    .await
-                    .map_err(|e| IcebergSinkError::iceberg(format!("read a manifest of {ident}"), e))
-            }
-        });
-        let manifests: Vec<_> = futures::stream::iter(loads)
-            .buffered(MANIFEST_CONCURRENCY)
-            .try_collect()
-            .await?;
+        };
         let mut files = Vec::new();
-        for m in &manifests {
-            for entry in m.entries().iter().filter(|e| e.is_alive()) {
-                let f = entry.data_file();
-                if f.content_type() != DataContentType::Data {
-                    return Ok(None);
-                }
+        for live in &live.entries {
+            {
+                let f = live.entry.data_file();
                 let bounds = f
                     .lower_bounds()
                     .get(&self.ts_id)

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod keys;
 mod maintain;
+mod manifests;
 mod markers;
 mod naming;
 mod options;

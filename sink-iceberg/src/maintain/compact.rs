@@ -24,11 +24,11 @@ mod merge;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use iceberg::expr::{Predicate, Reference};
 use iceberg::spec::{
-    DataContentType, DataFile, Datum, Literal, MAIN_BRANCH, ManifestContentType, PartitionKey, PartitionSpec,
-    PrimitiveLiteral, PrimitiveType, Struct, Transform, Type,
+    DataFile, Datum, Literal, MAIN_BRANCH, PartitionKey, PartitionSpec, PrimitiveLiteral, PrimitiveType,
+    Struct, Transform, Type,
 };
 use iceberg::table::Table;
 use iceberg::transform::create_transform_function;
@@ -42,7 +42,6 @@ use crate::writer::without_numeric_dictionaries;
 use crate::{IcebergSinkError, IcebergTable, markers};
 
 /// Manifests loaded at once while planning.
-const MANIFEST_CONCURRENCY: usize = 8;
 /// Rows per decoded batch of each open input file.
 const INPUT_BATCH_ROWS: usize = 8 * 1024;
 /// Most rows per output batch.
@@ -139,16 +138,17 @@ pub(crate) async fn plan(
     };
     let watermark = ts_datum(&ts_type, committed.until.timestamp_micros());
 
-    let Some(live) = live_files(current, snapshot).await? else {
+    let Some(live) = crate::manifests::live_files(current, snapshot).await? else {
         tracing::warn!(table = %ident, "the table has delete files: compaction skipped (they are not applied by it)");
         return Ok(Vec::new());
     };
     let mut groups: HashMap<(i32, Struct), Vec<DataFile>> = HashMap::new();
-    for (spec_id, file) in live {
+    for live in live.entries {
+        let file = live.entry.data_file();
         groups
-            .entry((spec_id, file.partition().clone()))
+            .entry((live.spec_id, file.partition().clone()))
             .or_default()
-            .push(file);
+            .push(file.clone());
     }
     let mut plans = Vec::new();
     for ((spec_id, partition), files) in groups {
@@ -343,52 +343,6 @@ pub(crate) async fn delete_outputs(current: &Table, rewrite: &Rewrite) {
             tracing::warn!(path = f.file_path(), error = %e, "could not delete a compaction output");
         }
     }
-}
-
-/// main's live data files with their partition spec ids; `None` when the
-/// snapshot has delete files.
-async fn live_files(
-    table: &Table,
-    snapshot: &iceberg::spec::SnapshotRef,
-) -> Result<Option<Vec<(i32, DataFile)>>, IcebergSinkError> {
-    let ident = table.identifier();
-    let list = table
-        .manifest_list_reader(snapshot)
-        .load()
-        .await
-        .map_err(|e| IcebergSinkError::iceberg(format!("read the manifest list of {ident}"), e))?;
-    if list
-        .entries()
-        .iter()
-        .any(|m| m.content != ManifestContentType::Data)
-    {
-        return Ok(None);
-    }
-    let loads = list.entries().iter().cloned().map(|m| {
-        let (file_io, ident) = (table.file_io().clone(), ident.clone());
-        async move {
-            let spec_id = m.partition_spec_id;
-            m.load_manifest(&file_io)
-                .await
-                .map(|manifest| (spec_id, manifest))
-                .map_err(|e| IcebergSinkError::iceberg(format!("read a manifest of {ident}"), e))
-        }
-    });
-    let manifests: Vec<_> = futures::stream::iter(loads)
-        .buffered(MANIFEST_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let mut files = Vec::new();
-    for (spec_id, m) in &manifests {
-        for entry in m.entries().iter().filter(|e| e.is_alive()) {
-            let f = entry.data_file();
-            if f.content_type() != DataContentType::Data {
-                return Ok(None);
-            }
-            files.push((*spec_id, f.clone()));
-        }
-    }
-    Ok(Some(files))
 }
 
 /// Scan tasks (iceberg's own planning, so name mapping and the like apply)

@@ -19,9 +19,8 @@
 use std::collections::{HashMap, HashSet};
 
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
-    ManifestListWriter, ManifestWriter, ManifestWriterBuilder, Operation, Snapshot,
-    SnapshotReference, SnapshotRetention, Summary, TableMetadata,
+    DataFile, FormatVersion, MAIN_BRANCH, ManifestFile, ManifestListWriter, ManifestWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 use iceberg::{TableRequirement, TableUpdate};
@@ -30,7 +29,7 @@ use uuid::Uuid;
 use super::compact::Rewrite;
 use super::swap::{self, Swapped};
 use super::{MaintenanceConfig, Step};
-use crate::{IcebergSinkError, IcebergTable, markers};
+use crate::{IcebergSinkError, IcebergTable, manifests, markers};
 
 /// Why a replace commit is made (recorded as `offload.maintenance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,11 +167,10 @@ pub(crate) async fn rewrite_manifests_if_needed(
     let Some(snapshot) = current.metadata().current_snapshot() else {
         return Ok(None);
     };
-    let list = current
-        .manifest_list_reader(snapshot)
-        .load()
-        .await
-        .map_err(|e| IcebergSinkError::iceberg(format!("read the manifest list of {}", table.ident()), e))?;
+    let list =
+        current.manifest_list_reader(snapshot).load().await.map_err(|e| {
+            IcebergSinkError::iceberg(format!("read the manifest list of {}", table.ident()), e)
+        })?;
     if list.entries().len() <= cfg.max_manifests {
         return Ok(None);
     }
@@ -229,44 +227,37 @@ async fn build(
         });
     };
     let ice = |what: &str, e| IcebergSinkError::iceberg(format!("{what} of {ident}"), e);
-    let list = base
-        .manifest_list_reader(parent)
-        .load()
-        .await
-        .map_err(|e| ice("read the manifest list", e))?;
-    let manifests_before = list.entries().len() as u64;
-
+    let Some(files) = manifests::live_files(base, parent).await? else {
+        return Err(unsupported("the table has delete files".into()));
+    };
+    let manifests_before = files.manifests as u64;
     // Every live entry of main, in manifest order (commit order: for a
     // time-partitioned table that is close to partition order, which keeps
     // the new manifests' partition summaries tight).
-    let mut live = Vec::new();
-    for m in list.entries() {
-        if m.content != ManifestContentType::Data {
-            return Err(unsupported("the table has delete files".into()));
-        }
-        let manifest = m.load_manifest(base.file_io()).await.map_err(|e| ice("read a manifest", e))?;
-        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            if entry.data_file().content_type() != DataContentType::Data {
-                return Err(unsupported("the table has delete files".into()));
-            }
-            let (Some(snapshot_id), Some(sequence_number)) = (entry.snapshot_id(), entry.sequence_number()) else {
-                return Err(unsupported(format!(
-                    "manifest entry {} has no snapshot id or sequence number",
-                    entry.file_path()
-                )));
-            };
-            live.push(Live {
-                file: entry.data_file().clone(),
-                spec_id: m.partition_spec_id,
-                snapshot_id,
-                sequence_number,
-                file_sequence_number: entry.file_sequence_number,
-            });
-        }
+    let mut live = Vec::with_capacity(files.entries.len());
+    for l in files.entries {
+        let entry = &l.entry;
+        let (Some(snapshot_id), Some(sequence_number)) = (entry.snapshot_id(), entry.sequence_number())
+        else {
+            return Err(unsupported(format!(
+                "manifest entry {} has no snapshot id or sequence number",
+                entry.file_path()
+            )));
+        };
+        live.push(Live {
+            file: entry.data_file().clone(),
+            spec_id: l.spec_id,
+            snapshot_id,
+            sequence_number,
+            file_sequence_number: entry.file_sequence_number,
+        });
     }
 
     let removed: HashSet<&str> = plan.removed.iter().map(DataFile::file_path).collect();
-    let found = live.iter().filter(|l| removed.contains(l.file.file_path())).count();
+    let found = live
+        .iter()
+        .filter(|l| removed.contains(l.file.file_path()))
+        .count();
     if found != removed.len() {
         return Err(IcebergSinkError::ReplaceConflict {
             table: ident,
@@ -327,7 +318,11 @@ async fn build(
                 )
                 .map_err(|e| ice("write a manifest entry", e))?;
             }
-            manifests.push(w.write_manifest_file().await.map_err(|e| ice("write a manifest", e))?);
+            manifests.push(
+                w.write_manifest_file()
+                    .await
+                    .map_err(|e| ice("write a manifest", e))?,
+            );
         }
         for chunk in gone.chunks(per_manifest) {
             let mut w = files.writer(*spec_id)?;
@@ -335,7 +330,11 @@ async fn build(
                 w.add_delete_file(l.file.clone(), l.sequence_number, l.file_sequence_number)
                     .map_err(|e| ice("write a manifest entry", e))?;
             }
-            manifests.push(w.write_manifest_file().await.map_err(|e| ice("write a manifest", e))?);
+            manifests.push(
+                w.write_manifest_file()
+                    .await
+                    .map_err(|e| ice("write a manifest", e))?,
+            );
         }
     }
     let default_spec = meta.default_partition_spec_id();
@@ -345,7 +344,11 @@ async fn build(
             w.add_file(f.clone(), sequence_number)
                 .map_err(|e| ice("write a manifest entry", e))?;
         }
-        manifests.push(w.write_manifest_file().await.map_err(|e| ice("write a manifest", e))?);
+        manifests.push(
+            w.write_manifest_file()
+                .await
+                .map_err(|e| ice("write a manifest", e))?,
+        );
     }
     let manifests_after = manifests.iter().filter(|m| live_count(m) > 0).count() as u64;
 
@@ -359,7 +362,9 @@ async fn build(
         .new_output(&list_path)
         .map_err(|e| ice("create the manifest list", e))?;
     let mut list_writer = ManifestListWriter::v2(
-        out.writer().await.map_err(|e| ice("create the manifest list", e))?,
+        out.writer()
+            .await
+            .map_err(|e| ice("create the manifest list", e))?,
         snapshot_id,
         Some(parent.snapshot_id()),
         sequence_number,
@@ -367,7 +372,10 @@ async fn build(
     list_writer
         .add_manifests(manifests.into_iter())
         .map_err(|e| ice("write the manifest list", e))?;
-    list_writer.close().await.map_err(|e| ice("write the manifest list", e))?;
+    list_writer
+        .close()
+        .await
+        .map_err(|e| ice("write the manifest list", e))?;
 
     let summary = Summary {
         operation: Operation::Replace,
@@ -424,13 +432,12 @@ struct ManifestFiles<'a> {
 
 impl ManifestFiles<'_> {
     fn writer(&mut self, spec_id: i32) -> Result<ManifestWriter, IcebergSinkError> {
-        let spec = self
-            .meta
-            .partition_spec_by_id(spec_id)
-            .ok_or_else(|| IcebergSinkError::MaintenanceUnsupported {
+        let spec = self.meta.partition_spec_by_id(spec_id).ok_or_else(|| {
+            IcebergSinkError::MaintenanceUnsupported {
                 table: self.meta.location().to_owned(),
                 reason: format!("a manifest names partition spec {spec_id}, which the metadata lacks"),
-            })?;
+            }
+        })?;
         let path = format!(
             "{}/metadata/{}-m{}.avro",
             self.meta.location(),
@@ -503,7 +510,11 @@ fn summary(
         "total-files-size",
         (total("total-files-size") + bytes(added)).saturating_sub(bytes(removed)),
     );
-    for key in ["total-delete-files", "total-position-deletes", "total-equality-deletes"] {
+    for key in [
+        "total-delete-files",
+        "total-position-deletes",
+        "total-equality-deletes",
+    ] {
         put(key, total(key));
     }
     map.extend(markers::replace_summary(meta)?);
