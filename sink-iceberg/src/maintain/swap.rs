@@ -54,7 +54,8 @@ pub(crate) async fn swap(
             CatalogBackend::Rest { uri } => rest_swap(table, &uri, updates, requirements, cfg).await,
             CatalogBackend::Memory => Swapped::Failed(IcebergSinkError::MaintenanceUnsupported {
                 table: table.ident().to_string(),
-                reason: "the in-memory catalog offers no compare-and-swap to commit a replace snapshot".into(),
+                reason: "the in-memory catalog offers no compare-and-swap to commit a replace snapshot"
+                    .into(),
             }),
         }
     };
@@ -150,7 +151,10 @@ mod sql {
                 return Swapped::Conflict(e.to_string());
             }
         }
-        let mut builder = base.metadata().clone().into_builder(Some(current_location.to_owned()));
+        let mut builder = base
+            .metadata()
+            .clone()
+            .into_builder(Some(current_location.to_owned()));
         for u in updates {
             builder = match u.apply(builder) {
                 Ok(b) => b,
@@ -371,7 +375,10 @@ mod rest {
         };
         let namespace = encode(&ident.namespace().join("\u{1f}"));
         let url = match prefix {
-            Some(p) => format!("{base}/v1/{p}/namespaces/{namespace}/tables/{}", encode(ident.name())),
+            Some(p) => format!(
+                "{base}/v1/{p}/namespaces/{namespace}/tables/{}",
+                encode(ident.name())
+            ),
             None => format!("{base}/v1/namespaces/{namespace}/tables/{}", encode(ident.name())),
         };
         let body = CommitTableRequest {
@@ -392,7 +399,11 @@ mod rest {
             )),
             Ok(r) => Swapped::Failed(IcebergSinkError::Config {
                 field: "catalog",
-                reason: format!("the REST catalog refused the commit ({}): {}", r.status(), text(r).await),
+                reason: format!(
+                    "the REST catalog refused the commit ({}): {}",
+                    r.status(),
+                    text(r).await
+                ),
             }),
             // Never connected: nothing was sent.
             Err(e) if e.is_connect() => Swapped::Failed(http_error("send the commit", e)),
