@@ -264,7 +264,7 @@ impl<'a> Keys<'a> {
         snapshot: &SnapshotRef,
         grid: &BucketGrid,
     ) -> Result<Option<CountPlan>, IcebergSinkError> {
-        let Some(live) = crate::manifests::live_files(&self.table, snapshot).await? else {
+        let Some(live) = crate::manifests::live_files(self.table, snapshot).await? else {
             return Ok(None);
         };
         let mut files = Vec::new();
