@@ -25,6 +25,15 @@ pub struct MaintainArgs {
     /// Live files a closed partition needs before it is compacted (maintenance.min_input_files).
     #[arg(long, value_name = "N")]
     min_input_files: Option<usize>,
+    /// Also compact an unpartitioned table's one partition (maintenance.compact_open).
+    #[arg(long, value_name = "BOOL")]
+    compact_open: Option<bool>,
+    /// Most entries per manifest a replace commit writes (maintenance.manifest_entries).
+    #[arg(long, value_name = "N")]
+    manifest_entries: Option<usize>,
+    /// Manifests main may have before they are rewritten (maintenance.max_manifests).
+    #[arg(long, value_name = "N")]
+    max_manifests: Option<usize>,
     /// Snapshots younger than this are never expired (maintenance.snapshot_retention).
     #[arg(long, value_name = "DURATION")]
     snapshot_retention: Option<Dur>,
@@ -40,6 +49,9 @@ pub struct MaintainArgs {
     /// Previous metadata files kept in the metadata log (maintenance.keep_metadata_files).
     #[arg(long, value_name = "N")]
     keep_metadata_files: Option<usize>,
+    /// Attempts of a replace commit that keeps losing races (maintenance.max_commit_attempts).
+    #[arg(long, value_name = "N")]
+    max_commit_attempts: Option<u32>,
     /// Print JSON (one object with a `tables` array) instead of text.
     #[arg(long)]
     json: bool,
@@ -60,6 +72,10 @@ impl MaintainArgs {
         set(&mut m.delete_grace, self.delete_grace);
         set(&mut m.orphan_grace, self.orphan_grace);
         set(&mut m.keep_metadata_files, self.keep_metadata_files);
+        set(&mut m.compact_open, self.compact_open);
+        set(&mut m.manifest_entries, self.manifest_entries);
+        set(&mut m.max_manifests, self.max_manifests);
+        set(&mut m.max_commit_attempts, self.max_commit_attempts);
     }
 }
 
@@ -166,5 +182,61 @@ pub async fn main(args: MaintainArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: MaintainArgs,
+    }
+
+    #[test]
+    fn every_flag_overrides_its_key_and_absent_flags_keep_the_file() {
+        let mut m: MaintenanceSection = toml::from_str("keep_snapshots = 9\nmin_input_files = 3\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "maintain",
+            "--config",
+            "x.toml",
+            "--target-file-size",
+            "64MiB",
+            "--min-input-files",
+            "4",
+            "--compact-open",
+            "true",
+            "--manifest-entries",
+            "7",
+            "--max-manifests",
+            "3",
+            "--snapshot-retention",
+            "2h",
+            "--delete-grace",
+            "0s",
+            "--orphan-grace",
+            "5m",
+            "--keep-metadata-files",
+            "6",
+            "--max-commit-attempts",
+            "2",
+        ])
+        .unwrap();
+        cli.args.apply(&mut m);
+        assert_eq!(m.target_file_size.map(|b| b.0), Some(64 << 20));
+        assert_eq!(m.min_input_files, Some(4));
+        assert_eq!(m.compact_open, Some(true));
+        assert_eq!(m.manifest_entries, Some(7));
+        assert_eq!(m.max_manifests, Some(3));
+        assert_eq!(m.snapshot_retention.map(|d| d.0.as_secs()), Some(7200));
+        assert_eq!(m.delete_grace.map(|d| d.0.as_secs()), Some(0));
+        assert_eq!(m.orphan_grace.map(|d| d.0.as_secs()), Some(300));
+        assert_eq!(m.keep_metadata_files, Some(6));
+        assert_eq!(m.max_commit_attempts, Some(2));
+        assert_eq!(m.keep_snapshots, Some(9), "no flag: the file's value stays");
     }
 }
