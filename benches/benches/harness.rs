@@ -28,6 +28,9 @@
 //! (row count and a content hash over every column) before its time counts.
 //! See the package README for the reading of the numbers.
 
+#[path = "harness/maintain.rs"]
+mod maintain;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,10 +66,15 @@ enum System {
     ClickhouseDefaults,
     Pyiceberg,
     Sweep,
+    Maintain,
+    /// Internal: the table [`System::Maintain`] compacts, offloaded in many
+    /// small windows (a child of its own, before the timed maintenance).
+    #[value(hide = true)]
+    MaintainSetup,
 }
 
 impl System {
-    const ALL: [System; 9] = [
+    const ALL: [System; 10] = [
         System::Ceiling,
         System::Source,
         System::Engine,
@@ -76,6 +84,7 @@ impl System {
         System::ClickhouseDefaults,
         System::Pyiceberg,
         System::Sweep,
+        System::Maintain,
     ];
 
     fn label(self) -> &'static str {
@@ -89,6 +98,8 @@ impl System {
             System::ClickhouseDefaults => "2d ClickHouse INSERT, default threads",
             System::Pyiceberg => "3  pyiceberg: ArrowStream -> append",
             System::Sweep => "4  late-row sweep (own table below)",
+            System::Maintain => "5  maintenance: compaction + expiry (below)",
+            System::MaintainSetup => "5s maintenance setup: offload in small windows",
         }
     }
 
@@ -103,6 +114,8 @@ impl System {
             System::ClickhouseDefaults => "clickhouse-defaults",
             System::Pyiceberg => "pyiceberg",
             System::Sweep => "sweep",
+            System::Maintain => "maintain",
+            System::MaintainSetup => "maintain-setup",
         }
     }
 
@@ -160,6 +173,15 @@ struct Args {
     /// `name=value`; repeatable.
     #[arg(long = "source-setting", value_parser = parse_setting)]
     source_settings: Vec<(String, String)>,
+    /// `maintain`: the number of windows the engine offloads each of its
+    /// tables in (`max_window` = the data's span / this), so that the closed
+    /// day partition holding a fifth of the rows gets >= 50 small files.
+    #[arg(long, default_value_t = 300)]
+    maintain_windows: u64,
+    /// `maintain`: `MaintenanceConfig::target_file_size`, in bytes (default
+    /// 32 MiB, so the bigger partition is rolled into more than one file).
+    #[arg(long, default_value_t = 32 << 20)]
+    maintain_target_file_size: u64,
     /// Where to write the JSON results (default .run/bench-results/harness-<time>.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -181,6 +203,9 @@ struct Args {
     out: Option<PathBuf>,
     #[arg(long, hide = true, default_value_t = 0)]
     front_pid: u32,
+    /// Internal (maintain-setup): rows of the closed day partition.
+    #[arg(long, hide = true)]
+    partition_rows: Option<u64>,
 }
 
 fn main() {
@@ -451,6 +476,8 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
         }
         System::Pyiceberg => Err("pyiceberg runs as a Python process, not a harness child".into()),
         System::Sweep => sweep_child(args, url, table_name, out).await,
+        System::MaintainSetup => maintain::maintain_setup_child(args, url, table_name, out).await,
+        System::Maintain => maintain::maintain_child(args, table_name, out).await,
     }
 }
 
@@ -784,8 +811,34 @@ fn parent(args: Args) -> Result<(), BoxError> {
     }
 
     let mut runs: Vec<Run> = Vec::new();
+    let mut prepared: Vec<maintain::Prepared> = Vec::new();
     for i in 0..repeat {
         for &system in &systems {
+            if system == System::Maintain {
+                if prepared.is_empty() {
+                    // Closed partitions of a fifth and four fifths of the rows.
+                    for p in [rows / 5 / 4 * 4, rows * 4 / 5 / 4 * 4] {
+                        prepared.push(maintain::prepare(&args, &setup, p)?);
+                    }
+                }
+                for p in &prepared {
+                    let run = maintain::measure(&args, &setup, p)?;
+                    eprintln!(
+                        "[{}/{repeat}] {:<10} {} rows compacted in {:.3} s ({:.0} rows/s), maintain {:.3} s, \
+                         peak RSS {} MiB  {}",
+                        i + 1,
+                        system.name(),
+                        run.rows,
+                        run.seconds,
+                        run.rows as f64 / run.seconds,
+                        run.raw["seconds"].as_f64().unwrap_or(f64::NAN),
+                        run.client_peak_rss >> 20,
+                        run.checked
+                    );
+                    runs.push(run);
+                }
+                continue;
+            }
             let tag = format!("{}-{i}", system.name());
             let run = run_system(&args, &setup, system, SOURCE_TABLE, &tag)?;
             if system == System::Sweep {
@@ -839,7 +892,14 @@ fn parent(args: Args) -> Result<(), BoxError> {
     };
     let load_after = procfs::load_average();
 
-    let summary = summarise(&systems, &runs);
+    let summary = summarise(
+        &systems
+            .iter()
+            .copied()
+            .filter(|&s| s != System::Maintain)
+            .collect::<Vec<_>>(),
+        &runs,
+    );
     let report = Report {
         rows,
         repeat,
@@ -849,6 +909,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         rss: rss_run.as_ref().map(|r| (rss_rows, r)),
         load: (load_before, load_after),
         sweep_runs: runs.iter().filter(|r| r.system == System::Sweep).collect(),
+        maintain_runs: runs.iter().filter(|r| r.system == System::Maintain).collect(),
     };
     println!("{}", report.render());
 
@@ -872,6 +933,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
             "writer_tasks": args.writer_tasks, "batch_size": args.batch_size, "uint64_mapping": "Int64",
             "source_settings": source_settings(&args).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
             "zstd_level": 3, "partitioning": "day(exchange_timestamp)",
+            "maintain_windows": args.maintain_windows, "maintain_target_file_size": args.maintain_target_file_size,
         },
         "source": { "table": SOURCE_TABLE, "rows": rows, "arrow_stream_bytes": arrow_bytes,
                     "count": checksum.0, "content_hash": checksum.1.to_string() },
@@ -879,6 +941,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         "summary": summary.iter().map(|s| s.to_json(arrow_bytes, rows)).collect::<Vec<_>>(),
         "targets": report.targets_json(),
         "sweep": report.sweep(),
+        "maintain": report.maintain(),
         "rss_check": rss_run.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
     });
@@ -919,12 +982,16 @@ fn source_settings(args: &Args) -> Vec<(String, String)> {
     settings
 }
 
-fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str) -> Result<Run, BoxError> {
+/// The command that runs `system` as a child on `table`, writing under `out`.
+fn child_command(
+    args: &Args,
+    setup: &Setup,
+    system: System,
+    table: &str,
+    out: &Path,
+) -> Result<Command, BoxError> {
     let source_settings = source_settings(args);
     let writer_tasks = args.writer_tasks.to_string();
-    let out = setup.run_dir.join(tag);
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out)?;
     let mut command = match system {
         System::Pyiceberg => {
             let mut c = Command::new(offload_testkit::venv_python());
@@ -943,7 +1010,12 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
             c.args(["--child", system.name()])
                 .args(["--wire", &wire])
                 .args(["--writer-tasks", if defaults { "1" } else { &writer_tasks }])
-                .args(["--batch-size", &args.batch_size.to_string()]);
+                .args(["--batch-size", &args.batch_size.to_string()])
+                .args(["--maintain-windows", &args.maintain_windows.to_string()])
+                .args([
+                    "--maintain-target-file-size",
+                    &args.maintain_target_file_size.to_string(),
+                ]);
             if !defaults {
                 for (name, value) in &source_settings {
                     c.arg(format!("--source-setting={name}={value}"));
@@ -961,12 +1033,24 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
         .args(["--url", setup.front.url()])
         .args(["--table", table])
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .args(["--front-pid", &setup.front_pid.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    Ok(command)
+}
 
+/// What one child reported: its RESULT line, its resource usage, and the
+/// front's peak RSS over its life.
+struct ChildReport {
+    raw: Value,
+    usage: procfs::ChildUsage,
+    server_peak_rss: u64,
+}
+
+/// Runs `command` (a child of [`child_command`]) to completion.
+fn spawn_child(setup: &Setup, system: System, mut command: Command) -> Result<ChildReport, BoxError> {
     if setup.front_pid != 0 {
         procfs::reset_peak_rss(setup.front_pid)?;
     }
@@ -992,6 +1076,23 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
         .find_map(|l| l.strip_prefix("RESULT "))
         .ok_or_else(|| format!("{} printed no RESULT line:\n{stdout}", system.name()))
         .and_then(|l| serde_json::from_str(l).map_err(|e| e.to_string()))?;
+    Ok(ChildReport {
+        raw,
+        usage,
+        server_peak_rss,
+    })
+}
+
+fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str) -> Result<Run, BoxError> {
+    let out = setup.run_dir.join(tag);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let command = child_command(args, setup, system, table, &out)?;
+    let ChildReport {
+        raw,
+        usage,
+        server_peak_rss,
+    } = spawn_child(setup, system, command)?;
     let number = |k: &str| raw[k].as_f64().unwrap_or(0.0);
     let rows = raw["rows"].as_u64().unwrap_or(0);
 
@@ -1127,9 +1228,19 @@ struct Report<'a> {
     load: (Option<f64>, Option<f64>),
     /// Every run of the sweep system (its figures are medians over all their samples).
     sweep_runs: Vec<&'a Run>,
+    /// Every run of the maintain system (both partition sizes).
+    maintain_runs: Vec<&'a Run>,
 }
 
 impl Report<'_> {
+    /// The maintenance figures and their ratios to row 1.
+    fn maintain(&self) -> Option<Value> {
+        maintain::summary(
+            &self.maintain_runs,
+            self.summary.iter().find(|s| s.system == System::Engine),
+        )
+    }
+
     /// The late-row sweep's figures: medians over every sample of every sweep
     /// run, and their ratios.
     fn sweep(&self) -> Option<Value> {
@@ -1405,6 +1516,10 @@ impl Report<'_> {
               (whole life) / the front (reset before each system). ÷ engine: rows/s relative to row 1.\n\n";
         if let Some(v) = self.sweep() {
             s += &self.render_sweep(&v);
+            s += "\n";
+        }
+        if let Some(v) = self.maintain() {
+            s += &maintain::render(&v);
             s += "\n";
         }
         s += "targets:\n";
