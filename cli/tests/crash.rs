@@ -6,6 +6,8 @@
 //! watermark. Rows also arrive late throughout — seconds late, hours late,
 //! and older than `late_horizon` — and the judge expects every row inside the
 //! horizon exactly once and exactly the ones beyond it missing and reported.
+//! `offload maintain` (compaction, expiry, deletion, orphan cleanup) is
+//! killed at each of its steps and raced against runs, sweeps and itself.
 //! See `reliability/README.md`.
 //!
 //! Soak: `OFFLOAD_SOAK_KILLS=200 cargo test -p offload-cli --test crash -- --nocapture soak`
@@ -371,7 +373,10 @@ async fn the_judge_names_a_planted_duplicate_and_a_missing_row() {
 }
 
 /// Random kills on one table while rows keep arriving: a seeded mix of fail
-/// points and SIGKILLs at random times, then the judge. Default: 12 kills.
+/// points and SIGKILLs at random times, of `offload run --once` and (three
+/// attempts in ten) of `offload maintain`, then the judge. Default: 12 kills.
+/// The table is partitioned by the hour, so the rows arriving hours late
+/// are repaired into closed partitions, which maintenance compacts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
     let target: u64 = std::env::var("OFFLOAD_SOAK_KILLS")
@@ -385,6 +390,10 @@ async fn soak() {
     let mut rng = Rng::new(seed);
     let mut s = Lake::new("soak", Catalog::Sqlite, Store::File);
     s.batch_size = 300;
+    s.partition = Some("[{ transform = \"hour\" }]".into());
+    // Orphan grace 0s: every attempt runs alone, nothing is in flight while
+    // maintain cleans up (see `maintain_races` for why racing needs more).
+    s.maintenance = format!("{MAINTAIN_AT_ONCE}orphan_grace = \"0s\"\n");
     let cfg = s.config();
     let started = Instant::now();
 
@@ -393,6 +402,20 @@ async fn soak() {
     s.run_ok();
     // Random kill times span a clean run's duration (and a little beyond).
     let mut typical = t.elapsed();
+    // What the maintains that finished did: (maintains, partitions compacted, snapshots expired).
+    let mut maintained = (0u64, 0u64, 0u64);
+    fn tally(t: &mut (u64, u64, u64), m: &support::Maintained) {
+        t.0 += 1;
+        t.1 += m.partitions_compacted;
+        t.2 += m.snapshots_expired;
+    }
+    let t = Instant::now();
+    let m = s.maintain_ok(&[]);
+    let mut typical_maintain = t.elapsed();
+    tally(&mut maintained, &m);
+    let (mut m_fp_kills, mut m_sig_kills, mut m_kills_total) = (0u64, 0u64, 0u64);
+    // Maintain fault points reached, by name.
+    let mut m_points = std::collections::BTreeMap::<&str, u64>::new();
     let mut next_seq = 3_000u64;
     let mut late_seq = LATE;
     let mut late_kinds = [0u64; 3];
@@ -425,7 +448,82 @@ async fn soak() {
             late_seq += m;
         }
 
-        let killed = if rng.below(10) < 6 {
+        let maintain = rng.below(10) < 3;
+        if maintain && rng.below(2) == 0 {
+            // Work for compaction: rows 90 min late, repaired by a clean run
+            // into one closed hour partition (a new file there each time).
+            let m = 20 + rng.below(100);
+            s.insert_late(late_seq, m, 90 * 60_000);
+            late_kinds[1] += m;
+            late_seq += m;
+            s.run_ok();
+            last = s.state().await;
+        }
+        let killed = if maintain {
+            let killed = if rng.below(10) < 6 {
+                let fp = match rng.below(9) {
+                    0 => "maintain.outputs",
+                    1 => "maintain.manifests",
+                    2 => "maintain.metadata",
+                    3 => "maintain.commit",
+                    4 => "maintain.commit=2",
+                    5 => "maintain.expire",
+                    6 => "maintain.delete",
+                    7 => "sink.maintain.before",
+                    _ => "sink.maintain.after",
+                };
+                let r = s.maintain(Some(fp), &[]);
+                match r.signal() {
+                    Some(SIGABRT) => {
+                        m_fp_kills += 1;
+                        *m_points.entry(fp).or_default() += 1;
+                        true
+                    }
+                    // Not reached (nothing to compact, expire or delete).
+                    None if r.status.success() => {
+                        tally(&mut maintained, &support::Maintained::parse(&r));
+                        false
+                    }
+                    _ => panic!("soak iteration {iteration} ({fp}): {}", r.describe()),
+                }
+            } else {
+                let delay = Duration::from_micros(rng.below(typical_maintain.as_micros() as u64));
+                let child = s.spawn_split(None, "maintain", &["--json"], "killed-maintain.log");
+                let (killed, status) = kill_after(child, delay);
+                assert!(
+                    killed || status.success(),
+                    "soak iteration {iteration}: maintain ended with {status:?} before its kill: {}",
+                    std::fs::read_to_string(s.dir.join("killed-maintain.log.stderr")).unwrap_or_default()
+                );
+                if !killed {
+                    maintained.0 += 1;
+                }
+                m_sig_kills += u64::from(killed);
+                killed
+            };
+            // Maintenance never moves the committed window or the store,
+            // and never removes a file a kept snapshot reads.
+            assert_eq!(
+                s.state().await,
+                last,
+                "soak {iteration}: offload maintain moved the committed window or the store"
+            );
+            let audit = s.file_audit().await;
+            assert!(
+                audit.missing.is_empty(),
+                "soak {iteration}: files a kept snapshot reads are gone: {:?}",
+                audit.missing
+            );
+            m_kills_total += u64::from(killed);
+            // Every other maintain kill, a clean maintain must finish.
+            if killed && m_kills_total % 2 == 0 {
+                let t = Instant::now();
+                let m = s.maintain_ok(&[]);
+                typical_maintain = typical_maintain.min(t.elapsed());
+                tally(&mut maintained, &m);
+            }
+            killed
+        } else if rng.below(10) < 6 {
             let fp = match rng.below(9) {
                 0 => "store.acquire_lease.after".to_owned(),
                 1 => format!("sink.write.after={}", 1 + rng.below(3)),
@@ -478,7 +576,7 @@ async fn soak() {
         );
         last = now;
         // Every other kill, a clean restart must make progress.
-        if killed && kills % 2 == 0 {
+        if killed && kills % 2 == 0 && !maintain {
             let t = Instant::now();
             s.run_ok();
             typical = typical.min(t.elapsed());
@@ -490,13 +588,28 @@ async fn soak() {
             last = now;
         }
     }
+    // Quiet: the kills' leftovers were orphans; a last maintain removes
+    // them, and nothing the metadata references is missing.
+    let m = s.maintain_ok(&[]);
+    tally(&mut maintained, &m);
+    let audit = s.file_audit().await;
+    assert!(
+        audit.unreferenced.is_empty() && audit.missing.is_empty(),
+        "soak: after a quiet maintain: unreferenced {:?}, missing {:?} ({m:?})",
+        audit.unreferenced,
+        audit.missing
+    );
     let v = s.verify(true).await;
     assert_eq!(v.rows, next_seq + (late_seq - LATE));
     println!(
-        "soak seed={seed}: kills={kills} (failpoints={fp_kills}, sigkill={sig_kills}), runs finished={finished}, \
-         windows={}, rows={}, late rows: {} seconds late + {} hours late offloaded, {} beyond the horizon \
-         reported and not offloaded; duplicates={}, lost={}, {:.0}s",
-        v.windows,
+        "soak seed={seed}: kills={kills} (offload run: failpoints={fp_kills}, sigkill={sig_kills}; offload maintain: \
+         failpoints={m_fp_kills}, sigkill={m_sig_kills}), attempts finished={finished}, \
+         maintains finished={} ({} partitions compacted, {} snapshots expired), \
+         rows={}, late rows: {} seconds late + {} hours late offloaded, {} beyond the horizon \
+         reported and not offloaded; duplicates={}, lost={}, {:.0}s; maintain fault points reached: {m_points:?}",
+        maintained.0,
+        maintained.1,
+        maintained.2,
         v.rows,
         late_kinds[0],
         late_kinds[1],
@@ -1030,8 +1143,10 @@ async fn maintain_races(name: &str, catalog: Catalog, rounds: usize) {
         assert!(r.status.success(), "(d) the frozen maintain: {}", r.describe());
         let lost = support::Maintained::parse(&r);
         eprintln!("[{name}] round {round} (d): won {other:?}; lost {lost:?}");
+        // The other planned (at least) every partition it had, on the same
+        // state, and replaced them all first: nothing of the frozen one's lands.
         assert!(
-            lost.conflicts_retried >= 1,
+            lost.conflicts_retried >= 1 && lost.partitions_compacted == 0,
             "(d) the frozen maintain's swap cannot have won: {lost:?}"
         );
         judge(&s, &feed, &format!("{name} round {round} (d)")).await;
