@@ -537,6 +537,16 @@ async fn two_thousand_windows_with_and_without_maintenance() {
     };
     row("B after any maintain (largest)", &[], &peak);
     row("B after the final maintain", &[], &fin);
+    let by_day = |l: &[Duration]| -> Vec<String> {
+        l.chunks(PER_DAY)
+            .map(|c| format!("{:.1}", ms(median(c))))
+            .collect()
+    };
+    eprintln!(
+        "median commit ms per day of windows: A {:?}, B {:?}",
+        by_day(&a.latency),
+        by_day(&m.latency)
+    );
     eprintln!(
         "A: {:.1} s offload ({:.1} s in commits); B: {:.1} s offload ({:.1} s in commits) incl. {:.1} s in {} maintains; {:?}",
         a.total.as_secs_f64(),
