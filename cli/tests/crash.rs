@@ -1011,7 +1011,9 @@ async fn judge(s: &Lake, feed: &Feed, step: &str) {
 ///     (the data version a repair is fenced on ignores replace snapshots);
 /// (d) two maintains, one frozen after writing its metadata (before the
 ///     swap) while the other does everything, then continued: it loses the
-///     swap, gives the partition up and finishes cleanly.
+///     swap, gives the partition up and finishes cleanly;
+/// (e) no stop point: a maintain and two workers started together; all
+///     exit 0.
 async fn maintain_races(name: &str, catalog: Catalog, rounds: usize) {
     // The orphan grace must exceed the time from a staged file's write to
     // its commit: that is the documented contract (`orphan_grace`). With runs
@@ -1150,6 +1152,32 @@ async fn maintain_races(name: &str, catalog: Catalog, rounds: usize) {
             "(d) the frozen maintain's swap cannot have won: {lost:?}"
         );
         judge(&s, &feed, &format!("{name} round {round} (d)")).await;
+
+        // (e) no stop point: one maintain and two workers (own engine ids)
+        // started together, whatever interleaving the scheduler makes.
+        feed.arrive(&s, false);
+        s.run_ok(); // work for the maintain
+        s.insert(feed.next, 300, 5, 3_000);
+        feed.next += 300;
+        s.insert_late(feed.late, 40, LATE_A_MS); // work for the workers' sweeps
+        feed.late += 40;
+        let log = format!("e-{round}.json");
+        let m = s.spawn_split(None, "maintain", &["--json"], &log);
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let cfg = s.write_config(&format!("worker-{w}.toml"), &s.lag, Some(&format!("worker-{w}")));
+                s.spawn(&cfg, None, &format!("e-{round}-{w}.log"))
+            })
+            .collect();
+        for (w, mut c) in workers.into_iter().enumerate() {
+            let status = c.wait().unwrap();
+            let out = std::fs::read_to_string(s.dir.join(format!("e-{round}-{w}.log"))).unwrap();
+            assert!(status.success(), "(e) worker {w}: {status:?}\n{out}");
+        }
+        let r = s.collect(m, &log);
+        assert!(r.status.success(), "(e) maintain: {}", r.describe());
+        eprintln!("[{name}] round {round} (e): {:?}", support::Maintained::parse(&r));
+        judge(&s, &feed, &format!("{name} round {round} (e)")).await;
     }
     // Quiet now: with no grace, the races' leftovers go; only what the
     // metadata references stays, and all of it is there.
@@ -1164,7 +1192,7 @@ async fn maintain_races(name: &str, catalog: Catalog, rounds: usize) {
     let v = s.verify(true).await;
     assert_eq!(v.rows, feed.total());
     eprintln!(
-        "[{name}] OK: {rounds} rounds of 4 races, {} rows, 0 lost, 0 duplicated, {:.1}s",
+        "[{name}] OK: {rounds} rounds of 5 races, {} rows, 0 lost, 0 duplicated, {:.1}s",
         v.rows,
         started.elapsed().as_secs_f64()
     );
