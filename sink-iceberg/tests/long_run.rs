@@ -658,3 +658,48 @@ async fn two_thousand_windows_with_and_without_maintenance() {
         checks.elapsed().as_secs_f64()
     );
 }
+
+/// Right after a compaction, before any expiry, main's snapshot is the
+/// replace: its manifests list the compacted files as `DELETED` next to the
+/// `ADDED` outputs, and the old files are still on disk. pyiceberg and chdb
+/// must skip the deleted entries (no row counted twice) and read exactly
+/// what iceberg-rust reads. (The long run's readers see this state only
+/// after expiry and manifest rewrites dropped those entries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_skip_the_entries_a_compaction_deleted() {
+    use iceberg::spec::{ManifestStatus, Operation};
+
+    let b = Backend::sqlite();
+    let table = b.table("lake.fresh").await;
+    table.prepare(trades_schema()).await.unwrap();
+    let mut after = Watermark::MIN;
+    // Twelve windows of the first day, two of the second (the watermark's).
+    for w in (0..12).chain(PER_DAY..PER_DAY + 2) {
+        after = commit_window(&table, after, &[window(w)]).await.0;
+    }
+    assert_readers_agree(&b, &table, "lake.fresh", "before the compaction").await;
+    let rows_before = figures(&read_back(&table).await);
+
+    let cfg = MaintenanceConfig::default()
+        .target_file_size(TARGET)
+        .min_input_files(MIN_INPUT_FILES);
+    let report = table.maintain_with(&cfg).await.unwrap();
+    assert_eq!(report.partitions_compacted, 1, "{report:?}");
+    assert_eq!(report.files_rewritten, 12, "{report:?}");
+    assert_eq!(report.snapshots_expired, 0, "default retention: {report:?}");
+    let t = table.load().await.unwrap();
+    let current = t.metadata().current_snapshot().unwrap();
+    assert_eq!(current.summary().operation, Operation::Replace);
+    let mut deleted = 0;
+    for m in t.manifest_list_reader(current).load().await.unwrap().entries() {
+        for e in m.load_manifest(t.file_io()).await.unwrap().entries() {
+            if e.status() == ManifestStatus::Deleted {
+                deleted += 1;
+                assert!(local(e.file_path()).exists(), "not expired yet: the file stays");
+            }
+        }
+    }
+    assert_eq!(deleted, 12, "the replace lists the compacted files as deleted");
+    assert_eq!(figures(&read_back(&table).await), rows_before);
+    assert_readers_agree(&b, &table, "lake.fresh", "after the compaction").await;
+}
