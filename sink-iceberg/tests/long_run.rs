@@ -11,7 +11,7 @@
 //!
 //! The figures are printed (`--nocapture`); the assertions are on counts,
 //! never on time. Needs the test venv (`bash testing/setup-venv.sh`). Takes
-//! about 2.5-3 minutes on a busy 2-core machine (debug build), most of it A's
+//! about 2-3 minutes on a busy 2-core machine (debug build), most of it A's
 //! commits: each one reads and rewrites A's whole, ever longer metadata file.
 #![cfg(feature = "sqlite")] // the independent readers open the SQLite catalog
 
