@@ -822,7 +822,8 @@ fn parent(args: Args) -> Result<(), BoxError> {
                     }
                 }
                 for p in &prepared {
-                    let run = maintain::measure(&args, &setup, p)?;
+                    let mut run = maintain::measure(&args, &setup, p)?;
+                    run.raw = with(run.raw, "repetition", i.into());
                     eprintln!(
                         "[{}/{repeat}] {:<10} {} rows compacted in {:.3} s ({:.0} rows/s), maintain {:.3} s, \
                          peak RSS {} MiB  {}",
@@ -910,6 +911,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         load: (load_before, load_after),
         sweep_runs: runs.iter().filter(|r| r.system == System::Sweep).collect(),
         maintain_runs: runs.iter().filter(|r| r.system == System::Maintain).collect(),
+        engine_runs: runs.iter().filter(|r| r.system == System::Engine).collect(),
     };
     println!("{}", report.render());
 
@@ -1230,6 +1232,8 @@ struct Report<'a> {
     sweep_runs: Vec<&'a Run>,
     /// Every run of the maintain system (both partition sizes).
     maintain_runs: Vec<&'a Run>,
+    /// Every run of row 1, in repetition order.
+    engine_runs: Vec<&'a Run>,
 }
 
 impl Report<'_> {
@@ -1238,6 +1242,7 @@ impl Report<'_> {
         maintain::summary(
             &self.maintain_runs,
             self.summary.iter().find(|s| s.system == System::Engine),
+            &self.engine_runs,
         )
     }
 

@@ -315,8 +315,11 @@ pub(super) fn measure(args: &Args, setup: &Setup, prepared: &Prepared) -> Result
 }
 
 /// The maintenance figures: per partition size, medians over the
-/// repetitions, and their ratios to row 1 (`engine`) of the same run.
-pub(super) fn summary(runs: &[&Run], engine: Option<&Summary>) -> Option<Value> {
+/// repetitions, and their ratios to row 1 of the same run: of the medians
+/// (`engine`), and the median of each repetition's ratio to the row-1 run
+/// just before it (`engine_runs`, in repetition order), which drifting load
+/// on a shared machine disturbs less.
+pub(super) fn summary(runs: &[&Run], engine: Option<&Summary>, engine_runs: &[&Run]) -> Option<Value> {
     if runs.is_empty() {
         return None;
     }
@@ -336,6 +339,19 @@ pub(super) fn summary(runs: &[&Run], engine: Option<&Summary>) -> Option<Value> 
             let first = &mine[0].raw;
             let bytes_read = first["bytes_read"].as_f64().unwrap_or(f64::NAN);
             let rps = p as f64 / compaction_s;
+            // Each repetition against the row-1 run of the same repetition.
+            let paired = |f: &dyn Fn(&Run, &Run) -> f64| -> Option<f64> {
+                let mut v: Vec<f64> = mine
+                    .iter()
+                    .filter_map(|r| {
+                        let e = engine_runs.get(usize::try_from(r.raw["repetition"].as_u64()?).ok()?)?;
+                        Some(f(r, e))
+                    })
+                    .collect();
+                (!v.is_empty()).then(|| median(&mut v))
+            };
+            let paired_rps = paired(&|r, e| (r.rows as f64 / r.seconds) / (e.rows as f64 / e.seconds));
+            let paired_rss = paired(&|r, e| r.client_peak_rss as f64 / e.client_peak_rss as f64);
             let setup = &first["setup"];
             let setup_s = setup["child_report"]["seconds"].as_f64().unwrap_or(f64::NAN);
             let setup_rows = setup["child_report"]["rows"].as_f64().unwrap_or(f64::NAN);
@@ -357,6 +373,8 @@ pub(super) fn summary(runs: &[&Run], engine: Option<&Summary>) -> Option<Value> 
                 "peak_rss_bytes": rss,
                 "rows_per_s_over_engine": engine_rps.map(|e| rps / e),
                 "peak_rss_over_engine": engine_rss.map(|e| rss / e),
+                "rows_per_s_over_engine_paired_median": paired_rps,
+                "peak_rss_over_engine_paired_median": paired_rss,
                 "setup": {
                     "windows": setup["child_report"]["windows"], "window_ms": setup["child_report"]["window_ms"],
                     "run_once_seconds": setup_s, "rows_per_s": setup_rows / setup_s,
@@ -389,7 +407,7 @@ pub(super) fn render(v: &Value) -> String {
         sizes.first().map_or(Value::Null, |x| x["samples"].clone()),
     );
     s += &format!(
-        "  {:<26} {:>11} {:>8} {:>9} {:>9} {:>13} {:>9} {:>10} {:>9}\n",
+        "  {:<26} {:>11} {:>8} {:>9} {:>9} {:>13} {:>9} {:>16} {:>16}\n",
         "closed partition",
         "rows/s",
         "MB/s in",
@@ -397,12 +415,12 @@ pub(super) fn render(v: &Value) -> String {
         "total s",
         "files",
         "peak RSS",
-        "÷ engine",
-        "RSS ÷ eng"
+        "rows/s ÷ engine",
+        "RSS ÷ engine"
     );
     for x in &sizes {
         s += &format!(
-            "  {:<26} {:>11} {:>8.1} {:>9.3} {:>9.3} {:>13} {:>5} MiB {:>10} {:>9}\n",
+            "  {:<26} {:>11} {:>8.1} {:>9.3} {:>9.3} {:>13} {:>5} MiB {:>16} {:>16}\n",
             format!(
                 "{} rows, {:.1} MB",
                 human(f(x, "partition_rows")),
@@ -414,10 +432,19 @@ pub(super) fn render(v: &Value) -> String {
             f(x, "maintain_seconds"),
             format!("{} -> {}", x["files_rewritten"], x["files_written"]),
             (f(x, "peak_rss_bytes") as u64) >> 20,
-            ratio(x, "rows_per_s_over_engine"),
-            ratio(x, "peak_rss_over_engine"),
+            format!(
+                "{} ({})",
+                ratio(x, "rows_per_s_over_engine"),
+                ratio(x, "rows_per_s_over_engine_paired_median")
+            ),
+            format!(
+                "{} ({})",
+                ratio(x, "peak_rss_over_engine"),
+                ratio(x, "peak_rss_over_engine_paired_median")
+            ),
         );
     }
+    s += "  ÷ engine: of the medians (in brackets: the median of each repetition's ratio to its own row-1 run)\n";
     s += &format!(
         "  peak RSS, largest ÷ smallest partition: {:.2}x for {:.1}x the rows\n",
         f(v, "peak_rss_ratio_large_over_small"),
@@ -596,7 +623,9 @@ pub(super) async fn maintain_child(args: &Args, table_name: &str, out: &Path) ->
     let table = table_config(table_name, args.batch_size)?;
     let sink = sink(args, out).await?;
     let iceberg = sink.open_table(&table)?;
-    let steps: Arc<Mutex<Vec<(&'static str, f64)>>> = Arc::default();
+    // (step, seconds since the start, VmRSS, VmHWM): where the peak is reached.
+    type Seen = (&'static str, f64, u64, u64);
+    let steps: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let started = Instant::now();
     let hook_steps = Arc::clone(&steps);
     let cfg = MaintenanceConfig::default()
@@ -606,8 +635,15 @@ pub(super) async fn maintain_child(args: &Args, table_name: &str, out: &Path) ->
         .delete_grace(Duration::ZERO)
         .on_step(Arc::new(move |step: Step| {
             let at = started.elapsed().as_secs_f64();
-            hook_steps.lock().expect("steps").push((step.name(), at));
+            let me = std::process::id();
+            let rss = procfs::process_rss(me).unwrap_or(0);
+            let hwm = procfs::process_peak_rss(me).unwrap_or(0);
+            hook_steps
+                .lock()
+                .expect("steps")
+                .push((step.name(), at, rss, hwm));
         }));
+    let rss_before = procfs::process_rss(std::process::id()).unwrap_or(0);
     let timer = Timer::start(args.front_pid);
     let s = iceberg.maintain_with(&cfg).await?;
     let total = started.elapsed().as_secs_f64();
@@ -615,16 +651,20 @@ pub(super) async fn maintain_child(args: &Args, table_name: &str, out: &Path) ->
     // Compaction ends with the last replace commit before the expiry.
     let compaction_seconds = steps
         .iter()
-        .take_while(|(name, _)| *name != Step::Expired.name())
-        .filter(|(name, _)| *name == Step::Committed.name())
-        .map(|(_, at)| *at)
+        .take_while(|(name, ..)| *name != Step::Expired.name())
+        .filter(|(name, ..)| *name == Step::Committed.name())
+        .map(|(_, at, ..)| *at)
         .last()
         .ok_or("no replace commit")?;
     let result = timer.stop(
         s.rows_rewritten,
         json!({
             "compaction_seconds": compaction_seconds, "maintain_seconds": total,
-            "steps": steps.iter().map(|(n, at)| json!({ "step": n, "at_s": at })).collect::<Vec<_>>(),
+            "steps": steps
+                .iter()
+                .map(|(n, at, rss, hwm)| json!({ "step": n, "at_s": at, "rss_bytes": rss, "peak_rss_bytes": hwm }))
+                .collect::<Vec<_>>(),
+            "rss_before_bytes": rss_before,
             "partitions_compacted": s.partitions_compacted, "files_rewritten": s.files_rewritten,
             "files_written": s.files_written, "rows_rewritten": s.rows_rewritten,
             "bytes_read": s.bytes_read, "bytes_written": s.bytes_written,
