@@ -23,6 +23,11 @@
 //! 4. `sweep`: the late-row sweep on a copy of the table the engine
 //!    offloaded: `run_once` with nothing new, sweep on vs `late_horizon = 0`,
 //!    and the `run_once` that repairs 1% of one sweep bucket arriving late.
+//! 5. `maintain`: table maintenance (`IcebergTable::maintain_with`:
+//!    compaction of the closed day partition + expiry) on tables the engine
+//!    offloaded in many small windows, closed partitions of a fifth and four
+//!    fifths of the rows, each maintained in a child of its own
+//!    (`harness/maintain.rs`).
 //!
 //! Every output is read back through ClickHouse (`icebergLocal`) and checked
 //! (row count and a content hash over every column) before its time counts.
