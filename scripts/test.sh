@@ -18,6 +18,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked "${extra_features[@]}" -- -D warnings
+# The harness is `bench = false` (run by its own command), so --all-targets skips it.
+cargo clippy -p offload-benches --bench harness --locked -- -D warnings
 step "feature matrix (clippy per crate and feature set)"
 bash scripts/features.sh
 step "cargo test"

@@ -36,6 +36,11 @@ pub const SUMMARY_REPAIR_FIRST: &str = "offload.repair.first";
 /// inclusive upper bound (`"<micros>:<seq>"`).
 pub const SUMMARY_REPAIR_LAST: &str = "offload.repair.last";
 
+/// Snapshot summary key of a maintenance (`replace`) snapshot: the table's
+/// version (the newest snapshot that changed the rows) it holds the rows of,
+/// so the version reads the same once that snapshot is expired.
+pub const SUMMARY_DATA_VERSION: &str = "offload.data-version";
+
 /// The version text of a table with no snapshot on main.
 const NO_SNAPSHOT: &str = "none";
 
@@ -99,6 +104,10 @@ pub(crate) fn version(meta: &TableMetadata) -> SinkVersion {
         if s.summary().operation != Operation::Replace {
             return SinkVersion::new(s.snapshot_id().to_string());
         }
+        // Ours record it, so expiry may drop the snapshot it names.
+        if let Some(v) = s.summary().additional_properties.get(SUMMARY_DATA_VERSION) {
+            return SinkVersion::new(v.clone());
+        }
     }
     // Only replace snapshots left (the rest expired): main's own id.
     SinkVersion::new(newest.map_or_else(|| NO_SNAPSHOT.to_owned(), |id| id.to_string()))
@@ -111,7 +120,10 @@ pub(crate) fn replace_summary(meta: &TableMetadata) -> Result<HashMap<String, St
     let Some((w, _)) = committed(meta)? else {
         return Ok(HashMap::new());
     };
-    let mut map = HashMap::from([(SUMMARY_WINDOW_UNTIL.to_owned(), w.until.to_string())]);
+    let mut map = HashMap::from([
+        (SUMMARY_WINDOW_UNTIL.to_owned(), w.until.to_string()),
+        (SUMMARY_DATA_VERSION.to_owned(), w.version.to_string()),
+    ]);
     if let Some(run) = w.run_id {
         map.insert(KEY_RUN_ID.to_owned(), run.to_string());
     }

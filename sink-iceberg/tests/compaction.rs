@@ -398,3 +398,38 @@ async fn bucket_counts_over_compacted_files_equal_the_positions() {
         assert_eq!(counts.iter().sum::<u64>(), expected.iter().sum::<u64>());
     }
 }
+
+/// On a table that receives nothing more, one maintain compacts and then
+/// expires everything below its replace snapshots: the replace records the
+/// data version, so the append below it is not needed to read the committed
+/// window, and the compacted inputs leave the disk at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_table_sheds_its_compacted_inputs_in_one_maintain() {
+    let b = Backend::sqlite();
+    let table = b.table("lake.idle").await;
+    many_small_windows(&table).await;
+    let before = table.committed().await.unwrap().unwrap();
+    let cfg = MaintenanceConfig::default()
+        .target_file_size(TARGET)
+        .min_input_files(2)
+        .snapshot_retention(std::time::Duration::ZERO)
+        .keep_snapshots(1)
+        .delete_grace(std::time::Duration::ZERO);
+    let report = table.maintain_with(&cfg).await.unwrap();
+    assert_eq!(report.partitions_compacted, 2, "{report:?}");
+    assert!(report.files_deleted >= report.files_rewritten, "{report:?}");
+    assert_eq!(
+        table.committed().await.unwrap().unwrap(),
+        before,
+        "window and data version read the same"
+    );
+    let t = table.load().await.unwrap();
+    assert_eq!(
+        t.metadata().snapshots().count(),
+        1,
+        "only main's replace snapshot is left"
+    );
+    let on_disk = parquet_files(&b.warehouse()).len();
+    let live: usize = live_files(&table).await.values().map(|v| v.0).sum();
+    assert_eq!(on_disk, live, "no compacted input left on disk");
+}
