@@ -361,6 +361,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    // Maintenance, as `offload run` does it every `[maintenance] interval`:
+    // compaction of the partitions the offload has moved past, snapshot
+    // expiry, deletion of what nothing references. The readers and reconcile
+    // below judge the tables after it.
+    let maintain_args = [
+        "maintain",
+        "--config",
+        config,
+        "--min-input-files",
+        "2",
+        "--snapshot-retention",
+        "0s",
+        "--keep-snapshots",
+        "5",
+        "--delete-grace",
+        "0s",
+    ];
+    println!("\noffload {}", maintain_args.join(" "));
+    let (code, out) = offload(&bin, &maintain_args)?;
+    for line in out.lines() {
+        println!("  {line}");
+    }
+    if code != 0 {
+        return Err(format!("offload maintain exited {code}").into());
+    }
+
     let (code, status_json) = offload(&bin, &["status", "--config", config, "--json"])?;
     if code != 0 {
         return Err(format!("offload status exited {code}: {status_json}").into());
