@@ -37,7 +37,7 @@ use offload_core::{RunId, SinkTable};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::MaintenanceConfig;
+use super::{MaintenanceConfig, files};
 use crate::writer::without_numeric_dictionaries;
 use crate::{IcebergSinkError, IcebergTable, markers};
 
@@ -338,11 +338,12 @@ pub(crate) async fn rewrite(
 /// Deletes a rewrite's outputs after its commit failed for certain. Best
 /// effort: what is left is an orphan for cleanup.
 pub(crate) async fn delete_outputs(current: &Table, rewrite: &Rewrite) {
-    for f in &rewrite.added {
-        if let Err(e) = current.file_io().delete(f.file_path()).await {
-            tracing::warn!(path = f.file_path(), error = %e, "could not delete a compaction output");
-        }
-    }
+    let keys = rewrite
+        .added
+        .iter()
+        .map(|f| files::file_key(f.file_path()))
+        .collect();
+    files::delete_all(current.file_io(), keys, || ()).await;
 }
 
 /// Scan tasks (iceberg's own planning, so name mapping and the like apply)

@@ -58,7 +58,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     millis(
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::compact::Rewrite;
 use super::swap::{self, Swapped};
-use super::{MaintenanceConfig, Step};
+use super::{MaintenanceConfig, Step, expire, files};
 use crate::{IcebergSinkError, IcebergTable, manifests, markers};
 
 /// Why a replace commit is made (recorded as `offload.maintenance`).
@@ -115,7 +115,12 @@ pub(crate) async fn commit(
                 });
             }
             Swapped::Conflict(reason) => {
-                delete_quietly(&base, &built.written).await;
+                files::delete_all(
+                    base.file_io(),
+                    built.written.iter().map(|p| files::file_key(p)).collect(),
+                    || (),
+                )
+                .await;
                 retries += 1;
                 if retries >= cfg.max_commit_attempts {
                     return Err(IcebergSinkError::ReplaceConflict {
@@ -126,7 +131,12 @@ pub(crate) async fn commit(
                 tracing::info!(table = %table.ident(), %reason, "replace commit lost a race; rebuilding");
             }
             Swapped::Failed(e) => {
-                delete_quietly(&base, &built.written).await;
+                files::delete_all(
+                    base.file_io(),
+                    built.written.iter().map(|p| files::file_key(p)).collect(),
+                    || (),
+                )
+                .await;
                 return Err(e);
             }
             Swapped::Unknown(reason) => {
@@ -382,7 +392,7 @@ async fn build(
         additional_properties: summary(meta, parent.summary(), plan)?,
     };
     // Never earlier than the parent: readers order snapshots by time.
-    let timestamp_ms = chrono_now_ms().max(parent.timestamp_ms() + 1);
+    let timestamp_ms = expire::now_ms().max(parent.timestamp_ms() + 1);
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(Some(parent.snapshot_id()))
@@ -522,13 +532,6 @@ fn summary(
     Ok(map)
 }
 
-fn chrono_now_ms() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// A positive snapshot id no snapshot of the table has (iceberg's own rule).
 fn unique_snapshot_id(meta: &TableMetadata) -> i64 {
     loop {
@@ -536,15 +539,6 @@ fn unique_snapshot_id(meta: &TableMetadata) -> i64 {
         let id = ((a ^ b) >> 1) as i64;
         if id != 0 && meta.snapshot_by_id(id).is_none() {
             return id;
-        }
-    }
-}
-
-/// Best-effort deletion of a commit's files that certainly did not land.
-async fn delete_quietly(base: &Table, paths: &[String]) {
-    for p in paths {
-        if let Err(e) = base.file_io().delete(p).await {
-            tracing::warn!(path = %p, error = %e, "could not delete a manifest of an abandoned commit");
         }
     }
 }

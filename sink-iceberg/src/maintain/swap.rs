@@ -12,8 +12,6 @@
 //!   swaps atomically. 409 is a lost race, 5xx and a broken connection leave
 //!   the outcome unknown (the spec's `CommitStateUnknownException`).
 
-use std::time::Duration;
-
 use iceberg::table::Table;
 use iceberg::{TableRequirement, TableUpdate};
 
@@ -89,11 +87,6 @@ async fn rest_swap(
         reason: "the REST catalog needs the `rest` feature".into(),
     })
 }
-
-/// The bound on one HTTP exchange with a REST catalog when no commit timeout
-/// is shorter.
-#[allow(dead_code)] // only the rest feature uses it
-const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 
 mod sql {
     // Without a SQL driver feature the statement is never sent.
@@ -192,27 +185,24 @@ mod sql {
             CatalogBackend::Postgres { url } => postgres(url, &args).await,
             _ => unreachable!("sql::swap is only called for SQL backends"),
         };
-        match outcome {
+        let swapped = match outcome {
             Ok(1) => Swapped::Done,
-            Ok(0) => {
-                // Nobody will ever point at the file: remove it now rather
-                // than leave it to orphan cleanup.
-                let _ = base.file_io().delete(&new_location).await;
-                Swapped::Conflict(format!(
-                    "{ident} is no longer at {current_location} (another commit landed first)"
-                ))
-            }
+            Ok(0) => Swapped::Conflict(format!(
+                "{ident} is no longer at {current_location} (another commit landed first)"
+            )),
             Ok(n) => Swapped::Unknown(format!("the swap updated {n} catalog rows, expected one")),
-            Err(Attempt::NotSent(e)) => {
-                let _ = base.file_io().delete(&new_location).await;
-                Swapped::Failed(e)
-            }
+            Err(Attempt::NotSent(e)) => Swapped::Failed(e),
             Err(Attempt::Refused(reason)) => {
-                let _ = base.file_io().delete(&new_location).await;
                 Swapped::Conflict(format!("the catalog database refused the swap: {reason}"))
             }
             Err(Attempt::Interrupted(reason)) => Swapped::Unknown(reason),
+        };
+        if matches!(swapped, Swapped::Conflict(_) | Swapped::Failed(_)) {
+            // Certainly not applied: nobody will ever point at the file, so
+            // remove it now rather than leave it to orphan cleanup.
+            let _ = base.file_io().delete(&new_location).await;
         }
+        swapped
     }
 
     enum Attempt {
@@ -316,9 +306,15 @@ mod rest {
     use iceberg::{TableRequirement, TableUpdate};
     use iceberg_catalog_rest::CommitTableRequest;
 
-    use super::{HTTP_TIMEOUT, Swapped};
+    use std::time::Duration;
+
+    use super::Swapped;
     use crate::maintain::{MaintenanceConfig, Step};
     use crate::{IcebergSinkError, IcebergTable};
+
+    /// The bound on one HTTP exchange with a REST catalog when no commit
+    /// timeout is shorter.
+    const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 
     /// Table-path segment of a namespace: levels joined by the unit
     /// separator, percent-encoded (the REST spec).
