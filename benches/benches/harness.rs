@@ -15,6 +15,10 @@
 //!    (diagnostic: where the engine's read side stands);
 //! 1. `engine`: this engine, ClickHouse -> committed Iceberg (SQLite catalog,
 //!    local files, zstd-3 Parquet, day partitions), one `Offloader::run_once`;
+//!    `engine-system-alloc`: the same on the system allocator instead of
+//!    mimalloc (the `offload` program's; every child picks one from
+//!    `OFFLOAD_BENCH_ALLOCATOR`, see `offload_benches::alloc`), and with
+//!    `--rss-rows` also the RSS check on it;
 //!    `memory`: the same engine and sink fed from Arrow batches already in
 //!    memory (in-memory Arrow -> committed Iceberg);
 //! 2. `clickhouse`: ClickHouse's own Iceberg writer, `INSERT INTO` an
@@ -35,6 +39,11 @@
 
 #[path = "harness/maintain.rs"]
 mod maintain;
+
+// mimalloc like the `offload` program, or the system allocator in a child
+// started with OFFLOAD_BENCH_ALLOCATOR=system (row 1s).
+#[global_allocator]
+static GLOBAL: offload_benches::alloc::Selectable = offload_benches::alloc::Selectable;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -65,6 +74,7 @@ enum System {
     Ceiling,
     Source,
     Engine,
+    EngineSystemAlloc,
     EngineDefaults,
     Memory,
     Clickhouse,
@@ -79,10 +89,11 @@ enum System {
 }
 
 impl System {
-    const ALL: [System; 10] = [
+    const ALL: [System; 11] = [
         System::Ceiling,
         System::Source,
         System::Engine,
+        System::EngineSystemAlloc,
         System::EngineDefaults,
         System::Memory,
         System::Clickhouse,
@@ -97,6 +108,7 @@ impl System {
             System::Ceiling => "0  ceiling: ArrowStream read, discarded",
             System::Source => "0b source: read + decode + convert, discarded",
             System::Engine => "1  offload: ClickHouse -> Iceberg",
+            System::EngineSystemAlloc => "1s offload, system allocator (1: mimalloc)",
             System::EngineDefaults => "1d offload, all defaults (1 task, lz4)",
             System::Memory => "1b offload: in-memory Arrow -> Iceberg",
             System::Clickhouse => "2  ClickHouse INSERT INTO IcebergLocal",
@@ -113,6 +125,7 @@ impl System {
             System::Ceiling => "ceiling",
             System::Source => "source",
             System::Engine => "engine",
+            System::EngineSystemAlloc => "engine-system-alloc",
             System::EngineDefaults => "engine-defaults",
             System::Memory => "memory",
             System::Clickhouse => "clickhouse",
@@ -384,7 +397,7 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
             }
             Ok(timer.stop(rows, json!({})))
         }
-        System::Engine | System::EngineDefaults => {
+        System::Engine | System::EngineSystemAlloc | System::EngineDefaults => {
             let sink = sink(args, out).await?;
             let store = FileStore::open(out.join("watermarks"))?;
             let engine = Offloader::builder(
@@ -395,7 +408,10 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
             .build()?;
             let timer = Timer::start(args.front_pid);
             let summary = engine.run_once(&table).await?;
-            let result = timer.stop(summary.rows, json!({ "committed_files": summary.files }));
+            let result = timer.stop(
+                summary.rows,
+                json!({ "committed_files": summary.files, "allocator": offload_benches::alloc::choice().name() }),
+            );
             let location = sink.load_table(&table).await?.metadata().location().to_owned();
             Ok(with(result, "table_location", location.into()))
         }
@@ -892,10 +908,31 @@ fn parent(args: Args) -> Result<(), BoxError> {
             run.client_peak_rss >> 20
         );
         let _ = std::fs::remove_dir_all(setup.run_dir.join("engine-rss"));
-        Some(run)
+        // The same window on the system allocator, when row 1s is run.
+        let system_alloc = if systems.contains(&System::EngineSystemAlloc) {
+            let run = run_system(
+                &args,
+                &setup,
+                System::EngineSystemAlloc,
+                RSS_TABLE,
+                "engine-rss-system",
+            )?;
+            eprintln!(
+                "[rss] engine on {rss_rows} rows, system allocator: {:.3} s, peak RSS {} MiB",
+                run.seconds,
+                run.client_peak_rss >> 20
+            );
+            let _ = std::fs::remove_dir_all(setup.run_dir.join("engine-rss-system"));
+            Some(run)
+        } else {
+            None
+        };
+        Some((run, system_alloc))
     } else {
         None
     };
+    let (rss_run, rss_system_alloc) = rss_run.unzip();
+    let rss_system_alloc = rss_system_alloc.flatten();
     let load_after = procfs::load_average();
 
     let summary = summarise(
@@ -950,6 +987,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         "sweep": report.sweep(),
         "maintain": report.maintain(),
         "rss_check": rss_run.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
+        "rss_check_system_allocator": rss_system_alloc.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&document)? + "\n")?;
@@ -1008,6 +1046,11 @@ fn child_command(
         _ => {
             let defaults = system == System::EngineDefaults;
             let mut c = Command::new(std::env::current_exe()?);
+            if system == System::EngineSystemAlloc {
+                c.env(offload_benches::alloc::ALLOCATOR_ENV, "system");
+            } else {
+                c.env_remove(offload_benches::alloc::ALLOCATOR_ENV);
+            }
             let wire = if defaults {
                 // The source's default: LZ4 on the wire.
                 "lz4".to_owned()
@@ -1102,6 +1145,17 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
     } = spawn_child(setup, system, command)?;
     let number = |k: &str| raw[k].as_f64().unwrap_or(0.0);
     let rows = raw["rows"].as_u64().unwrap_or(0);
+    // Row 1s compares allocators: make sure each child ran on the one asked for.
+    if let Some(allocator) = raw["allocator"].as_str() {
+        let wanted = if system == System::EngineSystemAlloc {
+            "system"
+        } else {
+            "mimalloc"
+        };
+        if allocator != wanted {
+            return Err(format!("{}: ran on {allocator}, not {wanted}", system.name()).into());
+        }
+    }
 
     // The check that makes the time count.
     let (expected_rows, expected_hash) = setup.checksum;

@@ -1,12 +1,14 @@
 //! Shared pieces of offload's benchmarks (see the package README for how to
 //! run them and the latest results): the benchmark tables and their content
 //! hash ([`data`]), record batches in memory as a `Source` ([`memory`]), an
-//! Arrow IPC row counter ([`ipc`]), and process CPU/memory probes ([`procfs`]).
+//! Arrow IPC row counter ([`ipc`]), process CPU/memory probes ([`procfs`]),
+//! and a global allocator chosen per process ([`alloc`]).
 //!
 //! The benchmarks themselves are `benches/stages.rs` (criterion, one group per
 //! stage) and `benches/harness.rs` (the side-by-side harness).
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod data;
 pub mod ipc;
 pub mod memory;

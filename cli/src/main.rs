@@ -17,6 +17,14 @@ use clap::{Parser, Subcommand};
 use offload_cli::app::init_logging;
 use offload_cli::commands::{cleanup, maintain, reconcile, run, status};
 
+// The engine allocates and frees column buffers for every batch (decode,
+// partition split, Parquet pages) on several threads; the harness compares
+// mimalloc with glibc malloc on the same window (row 1s, benches/README.md).
+// The `mimalloc` feature (default) can be turned off for the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "offload",

@@ -168,7 +168,8 @@ fn offload(bin: &Path, args: &[&str]) -> Result<(i32, String), Box<dyn std::erro
     Ok((out.status.code().unwrap_or(-1), String::from_utf8(out.stdout)?))
 }
 
-/// Reads `offload run` output lines (`<table>: <n> rows in <f> files, window ...`) into totals.
+/// Reads `offload run` output lines (`<table>: <n> rows in <f> files, window
+/// ..., <s>s, <r> rows/s`) into totals.
 fn absorb(line: &str, totals: &mut BTreeMap<String, Totals>) {
     let Some((table, rest)) = line.split_once(": ") else {
         return;
@@ -196,11 +197,13 @@ fn absorb(line: &str, totals: &mut BTreeMap<String, Totals>) {
         t.rows += rows.parse::<u64>().unwrap_or(0);
         t.files += files.parse::<u64>().unwrap_or(0);
         t.windows += 1;
-        if let Some(secs) = words
-            .last()
-            .and_then(|s| s.strip_suffix('s'))
-            .and_then(|s| s.parse::<f64>().ok())
-        {
+        // The window's seconds (`0.52s,`): the first number with an `s` unit,
+        // wherever the line puts it (rows/s and backlog figures follow it).
+        if let Some(secs) = words.iter().find_map(|w| {
+            w.trim_end_matches(',')
+                .strip_suffix('s')
+                .and_then(|s| s.parse::<f64>().ok())
+        }) {
             t.busy += Duration::from_secs_f64(secs);
         }
     }

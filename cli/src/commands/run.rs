@@ -43,10 +43,12 @@ pub fn report(results: &[TableResult]) -> bool {
         match r {
             Ok(s) => match s.window {
                 Some(w) => println!(
-                    "{table}: {} rows in {} files, window {w}, {:.2}s",
+                    "{table}: {} rows in {} files, window {w}, {:.2}s, {:.0} rows/s",
                     s.rows,
                     s.files,
-                    s.duration.as_secs_f64()
+                    s.duration.as_secs_f64(),
+                    // The window's own rate (read to commit): what a backfill moves.
+                    s.rows as f64 / s.duration.as_secs_f64().max(1e-6)
                 ),
                 None => println!("{table}: nothing new"),
             },
