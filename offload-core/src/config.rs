@@ -11,6 +11,10 @@ use crate::Error;
 pub const DEFAULT_LATE_HORIZON: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default [`TableConfig::sweep_bucket`]: 1 hour.
 pub const DEFAULT_SWEEP_BUCKET: Duration = Duration::from_secs(3600);
+/// Default [`TableConfig::max_window`]: 1 hour. A steady offload every few
+/// minutes never reaches it; a first run on months of data (a backfill)
+/// proceeds in hour windows instead of one giant window.
+pub const DEFAULT_MAX_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Adapter-specific options of one table, keyed by their type (like
 /// `http::Extensions`): each adapter defines its own option type and reads it
@@ -88,6 +92,7 @@ impl fmt::Debug for TableConfig {
             .field("timestamp_column", &self.timestamp_column)
             .field("sequence_column", &self.sequence_column)
             .field("lag", &self.lag)
+            .field("max_window", &self.max_window)
             .field("late_horizon", &self.late_horizon)
             .field("options", &self.options)
             .finish_non_exhaustive()
@@ -107,7 +112,7 @@ impl TableConfig {
             columns: None,
             lag: Duration::from_secs(300),
             batch_size: 65_536,
-            max_window: None,
+            max_window: Some(DEFAULT_MAX_WINDOW),
             late_horizon: DEFAULT_LATE_HORIZON,
             sweep_bucket: DEFAULT_SWEEP_BUCKET,
             options: Options::default(),
@@ -146,10 +151,13 @@ impl TableConfig {
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
-    /// Largest span of event time one run takes, so a long backlog is committed
-    /// in steps. Measured from the committed watermark, so it applies from the
-    /// second window on: the first window (from nothing) has no lower bound to
-    /// measure from and runs to the high watermark.
+    /// Largest span of event time one run takes (default
+    /// [`DEFAULT_MAX_WINDOW`], 1 hour; `None` = unbounded), so a long backlog
+    /// is committed in steps. Measured from the oldest row above the committed
+    /// watermark ([`SourceTable::low_watermark`](crate::SourceTable::low_watermark)),
+    /// so it also bounds a table's first window and skips gaps without data
+    /// in one step; a source that cannot say where its rows start is capped
+    /// from the committed watermark, and its first window is unbounded.
     pub fn max_window(&self) -> Option<Duration> {
         self.max_window
     }
@@ -242,9 +250,22 @@ impl TableConfigBuilder {
         self.batch_size = v;
         self
     }
-    /// Largest event-time span per run (default: unbounded).
+    /// Largest event-time span per run (default [`DEFAULT_MAX_WINDOW`], 1 hour).
     pub fn max_window(mut self, v: Duration) -> Self {
         self.max_window = Some(v);
+        self
+    }
+    /// No limit on the event-time span of a run: each run takes everything
+    /// up to the high watermark, however long the backlog.
+    ///
+    /// ```
+    /// use offload_core::{TableConfig, DEFAULT_MAX_WINDOW};
+    /// let b = TableConfig::builder("t").timestamp_column("ts").sequence_column("seq");
+    /// assert_eq!(b.clone().build().unwrap().max_window(), Some(DEFAULT_MAX_WINDOW));
+    /// assert_eq!(b.unbounded_window().build().unwrap().max_window(), None);
+    /// ```
+    pub fn unbounded_window(mut self) -> Self {
+        self.max_window = None;
         self
     }
     /// See [`TableConfig::late_horizon`]; zero turns the late-row sweep off.

@@ -49,6 +49,34 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Formats a duration to its two largest units, rounded down (`41d 3h`,
+/// `12m 5s`, `45s`), for progress figures where the rest is noise; below a
+/// second, `0s`. The result parses with [`parse_duration`].
+///
+/// ```
+/// use std::time::Duration;
+/// use offload_core::duration::format_approx;
+/// assert_eq!(format_approx(Duration::from_secs(41 * 86_400 + 3 * 3600 + 59 * 60)), "41d 3h");
+/// assert_eq!(format_approx(Duration::from_secs(12 * 60 + 5)), "12m 5s");
+/// assert_eq!(format_approx(Duration::from_secs(2 * 3600 + 7)), "2h");
+/// assert_eq!(format_approx(Duration::from_millis(999)), "0s");
+/// ```
+pub fn format_approx(d: Duration) -> String {
+    let secs = d.as_secs();
+    let units = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let Some(first) = units.iter().position(|&(n, _)| secs >= n) else {
+        return "0s".into();
+    };
+    let (n, unit) = units[first];
+    let mut out = format!("{}{unit}", secs / n);
+    if let Some(&(m, next)) = units.get(first + 1)
+        && (secs % n) / m > 0
+    {
+        out.push_str(&format!(" {}{next}", (secs % n) / m));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,9 @@ pub mod memory;
 pub mod conformance;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{DEFAULT_LATE_HORIZON, DEFAULT_SWEEP_BUCKET, TableConfig, TableConfigBuilder};
+pub use config::{
+    DEFAULT_LATE_HORIZON, DEFAULT_MAX_WINDOW, DEFAULT_SWEEP_BUCKET, TableConfig, TableConfigBuilder,
+};
 pub use engine::{MaintenanceFailure, Offloader, OffloaderBuilder, RunSummary, TableResult};
 pub use error::{BoxError, Error};
 pub use maintenance::MaintenanceSummary;

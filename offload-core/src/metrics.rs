@@ -31,6 +31,24 @@ pub const LAST_SUCCESS_SECONDS: &str = "offload_last_success_timestamp_seconds";
 /// When the latest failed run finished (gauge, seconds since the epoch).
 pub const LAST_FAILURE_SECONDS: &str = "offload_last_failure_timestamp_seconds";
 
+/// Event time a table is still behind the source after its latest run: the
+/// source's high watermark minus the committed watermark (gauge, seconds).
+/// Zero when caught up; large during a backfill, which proceeds in
+/// `max_window` steps ([`RunSummary::backlog`](crate::RunSummary::backlog)).
+pub const BACKLOG_SECONDS: &str = "offload_backlog_seconds";
+/// How long the backlog takes at the latest run's pace (gauge, seconds; zero
+/// when caught up, left as it was when the run gave no pace to go by;
+/// [`RunSummary::eta`](crate::RunSummary::eta)).
+pub const BACKLOG_ETA_SECONDS: &str = "offload_backlog_eta_seconds";
+
+pub(crate) fn backlog(table: &str, backlog: Duration, eta: Option<Duration>) {
+    let t = table.to_owned();
+    metrics::gauge!(BACKLOG_SECONDS, "table" => t.clone()).set(backlog.as_secs_f64());
+    if let Some(eta) = eta {
+        metrics::gauge!(BACKLOG_ETA_SECONDS, "table" => t).set(eta.as_secs_f64());
+    }
+}
+
 /// Orphaned staged files deleted by cleanup (counter).
 pub const ORPHANS_REMOVED_TOTAL: &str = "offload_orphans_removed_total";
 

@@ -55,7 +55,12 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 ///    bounded by a few batches whatever the window size.
 /// 5. **Counts agree with reads.** [`bucket_counts`](SourceTable::bucket_counts)
 ///    counts exactly the rows [`read`](SourceTable::read) would yield for each bucket.
-/// 6. **Errors are classified**: [`Error::Source`] with `retryable` set for
+/// 6. **The low watermark is exact or absent.** [`low_watermark`](SourceTable::low_watermark)
+///    returns the oldest position above its argument, or `None`. It only
+///    sizes windows ([`TableConfig::max_window`]): the engine never skips a
+///    row on its word, so a source that cannot answer cheaply keeps the
+///    default `None`.
+/// 7. **Errors are classified**: [`Error::Source`] with `retryable` set for
 ///    transient faults (connection reset, timeouts, overload).
 #[async_trait]
 pub trait SourceTable: Send + Sync + std::fmt::Debug {
@@ -68,6 +73,23 @@ pub trait SourceTable: Send + Sync + std::fmt::Debug {
     /// The highest position whose data is complete (see the contract), or
     /// `None` when no row is complete yet.
     async fn high_watermark(&self) -> Result<Option<Watermark>, Error>;
+
+    /// The oldest position strictly above `after` (with
+    /// [`Watermark::MIN`]: the table's oldest row), whatever its age: the lag
+    /// does not apply. `None` when there is no such row, or when the source
+    /// cannot tell (the default).
+    ///
+    /// The engine asks for it only when a window would be longer than
+    /// [`TableConfig::max_window`], and measures the window from it: a table's
+    /// first run on months of data then takes one `max_window` of event time,
+    /// and a gap without rows (a weekend, an outage) is crossed in one
+    /// window instead of one empty window per `max_window`. It never decides
+    /// which rows a window holds, so it cannot cause loss or duplication.
+    /// Adapters answer with one cheap query on the sorting key.
+    async fn low_watermark(&self, after: Watermark) -> Result<Option<Watermark>, Error> {
+        let _ = after;
+        Ok(None)
+    }
 
     /// Streams the rows in `window`.
     async fn read(&self, window: Window) -> Result<BatchStream, Error>;
@@ -110,6 +132,9 @@ impl<T: SourceTable + ?Sized> SourceTable for Arc<T> {
     }
     async fn high_watermark(&self) -> Result<Option<Watermark>, Error> {
         (**self).high_watermark().await
+    }
+    async fn low_watermark(&self, after: Watermark) -> Result<Option<Watermark>, Error> {
+        (**self).low_watermark(after).await
     }
     async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         (**self).read(window).await

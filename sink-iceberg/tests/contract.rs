@@ -645,11 +645,13 @@ async fn engine_end_to_end_exactly_once(b: Backend) {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let source = Arc::new(MemorySource::new(clock.clone()));
     let sink = Arc::new(b.sink().await);
+    // Each round is one window of 11 h across day partitions: unbounded.
     let table = TableConfig::builder("engine_trades")
         .sink_table("lake.engine_trades")
         .timestamp_column("ts")
         .sequence_column("seq")
         .lag(Duration::from_secs(60))
+        .unbounded_window()
         .build()
         .unwrap();
     let base = 1_700_000_000_000_000i64;

@@ -373,11 +373,13 @@ async fn engine_end_to_end_exactly_once_through_faults() {
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let source = Arc::new(MemorySource::new(clock.clone()));
     let sink = Arc::new(connect(&server).await);
+    // Each round is one window of 11 h across day partitions: unbounded.
     let table = TableConfig::builder("engine_trades")
         .sink_table("lake.engine_trades")
         .timestamp_column("ts")
         .sequence_column("seq")
         .lag(Duration::from_secs(60))
+        .unbounded_window()
         .build()
         .unwrap();
     let engine = Offloader::builder(

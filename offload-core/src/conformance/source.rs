@@ -153,6 +153,7 @@ macro_rules! __source_conformance_checks {
             exact_windows_cut_inside_equal_timestamps,
             positions_compare_as_pairs,
             high_watermark_respects_the_lag,
+            low_watermark_is_the_oldest_row_above,
             empty_windows_yield_nothing,
             reads_stream_in_batches,
             schema_is_stable,
@@ -459,6 +460,78 @@ pub async fn high_watermark_respects_the_lag(fx: SharedSourceFixture) {
     want.sort_unstable();
     let got = read(&handle, Window::new(Watermark::MIN, hw).unwrap()).await.rows;
     assert_rows(&got, &want, "reading up to the high watermark gives no young row");
+}
+
+/// Contract 6: the low watermark above a position is the oldest row above
+/// it (pairs compared as pairs, rows younger than the lag included), `None`
+/// above every row and on an empty table. A source that cannot tell answers
+/// `None` everywhere (the trait's default), which passes: it only costs the
+/// engine its window sizing.
+pub async fn low_watermark_is_the_oldest_row_above(fx: SharedSourceFixture) {
+    let (table, now) = setup(&fx, "low_watermark", 1000).await;
+    let handle = open(&fx, &table).await;
+    assert_eq!(
+        ok(
+            handle.low_watermark(Watermark::MIN).await,
+            "low_watermark of an empty table"
+        ),
+        None,
+        "an empty table has no oldest row"
+    );
+    let t = old_base(now);
+    // On a whole millisecond, so a millisecond column holds it exactly.
+    let young = (now - (LAG.as_micros() as i64) / 2).div_euclid(MS) * MS;
+    let all = vec![
+        (t, 2),
+        (t, 11),
+        (t, 1000),
+        (t + MS, 0),
+        (t + 60 * MINUTE, 5),
+        (young, 1),
+    ];
+    ok(fx.insert(&table, &all).await, "insert");
+    let handle = open(&fx, &table).await;
+    let afters = [
+        Watermark::MIN,
+        wm(t - MS, u64::MAX),
+        wm(t, 1),
+        wm(t, 2),
+        wm(t, 100),
+        wm(t, u64::MAX),
+        wm(t + MS, 0),
+        wm(t + 30 * MINUTE, 0),
+        wm(t + 60 * MINUTE, 5),
+        wm(young, 1),
+    ];
+    let mut answered = 0;
+    for after in afters {
+        let got = ok(
+            handle.low_watermark(after).await,
+            &format!("low_watermark({after})"),
+        );
+        let want = all
+            .iter()
+            .map(|&(ts, seq)| wm(ts, seq))
+            .filter(|&p| p > after)
+            .min();
+        match got {
+            None => {}
+            Some(_) => {
+                answered += 1;
+                assert_eq!(got, want, "low_watermark({after}): the oldest position above it");
+            }
+        }
+    }
+    // All or nothing: a source that answers must answer wherever a row is above.
+    let rows_above = afters
+        .iter()
+        .filter(|&&a| all.iter().any(|&(ts, seq)| wm(ts, seq) > a))
+        .count();
+    assert!(
+        answered == 0 || answered == rows_above,
+        "low_watermark answered {answered} of {rows_above} positions that have rows above them: \
+         a source answers everywhere or nowhere"
+    );
 }
 
 /// A window that holds no row reads as no rows (not an error), on an empty

@@ -74,6 +74,15 @@ pub struct RunSummary {
     /// [`OffloaderBuilder::maintenance_interval`]): what it did, or why it
     /// failed. A failed maintenance never fails the run.
     pub maintenance: Option<Result<MaintenanceSummary, MaintenanceFailure>>,
+    /// Event time the table is still behind after this run: the source's high
+    /// watermark when the run looked, minus the committed watermark. Zero when
+    /// caught up; above zero when [`TableConfig::max_window`] cut the window
+    /// short (a backfill), and then [`Offloader::run_every`] goes on at once.
+    pub backlog: Duration,
+    /// How long the backlog takes at this run's pace (the event time its
+    /// window covered, from its oldest row, per second of the run): zero when
+    /// caught up, `None` when the run gives no pace to go by.
+    pub eta: Option<Duration>,
 }
 
 /// Why a table's scheduled maintenance failed ([`RunSummary::maintenance`]).
@@ -534,6 +543,11 @@ impl Offloader {
     /// [`maintenance_interval`](OffloaderBuilder::maintenance_interval)
     /// ([`RunSummary::maintenance`]).
     ///
+    /// A table left behind by its run ([`RunSummary::backlog`] above zero: the
+    /// window was cut at [`max_window`](TableConfig::max_window), as in a
+    /// backfill) runs again at once, in a cycle of the tables that are behind,
+    /// until it has caught up; the others keep to `interval`.
+    ///
     /// Shutdown abandons runs that have not started committing and finishes the
     /// ones that have.
     pub async fn run_every<F>(
@@ -553,23 +567,38 @@ impl Offloader {
         let mut last_maintenance: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Tables whose last run left a backlog: they go on without waiting.
+        let mut behind: Vec<&str> = Vec::new();
         loop {
-            tokio::select! {
+            let due_all = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return cycles,
-                _ = ticker.tick() => {}
-            }
-            if let Some(every) = self.cleanup_interval
+                _ = ticker.tick() => true,
+                _ = std::future::ready(()), if !behind.is_empty() => false,
+            };
+            if due_all
+                && let Some(every) = self.cleanup_interval
                 && last_cleanup.is_none_or(|t| t.elapsed() >= every)
             {
                 self.cleanup(tables).await;
                 last_cleanup = Some(tokio::time::Instant::now());
             }
+            let catching_up: Vec<TableConfig>;
+            let cycle: &[TableConfig] = if due_all {
+                tables
+            } else {
+                catching_up = tables
+                    .iter()
+                    .filter(|t| behind.contains(&t.name()))
+                    .cloned()
+                    .collect();
+                &catching_up
+            };
             let now = tokio::time::Instant::now();
             let due = |last: &HashMap<String, tokio::time::Instant>, name: &str, every: Duration| {
                 last.get(name).is_none_or(|t| now - *t >= every)
             };
-            let plan: HashMap<&str, Extras> = tables
+            let plan: HashMap<&str, Extras> = cycle
                 .iter()
                 .map(|t| {
                     let name = t.name();
@@ -583,7 +612,7 @@ impl Offloader {
                 })
                 .collect();
             let results = self
-                .run_tables(tables, shutdown, &|name| {
+                .run_tables(cycle, shutdown, &|name| {
                     plan.get(name).copied().unwrap_or(Extras {
                         sweep: false,
                         maintain: false,
@@ -601,6 +630,15 @@ impl Offloader {
                     last_maintenance.insert(name.clone(), now);
                 }
             }
+            behind = tables
+                .iter()
+                .map(TableConfig::name)
+                .filter(|t| {
+                    results
+                        .iter()
+                        .any(|(name, r)| name == t && r.as_ref().is_ok_and(|s| !s.backlog.is_zero()))
+                })
+                .collect();
             cycles += 1;
             on_cycle(&results);
         }
@@ -682,7 +720,8 @@ impl Offloader {
                 if let Some(sw) = &s.sweep {
                     metrics::sweep(name, sw, now);
                 }
-                tracing::info!(rows = s.rows, files = s.files, ?duration, "run succeeded");
+                metrics::backlog(name, s.backlog, s.eta);
+                tracing::info!(rows = s.rows, files = s.files, ?duration, backlog = ?s.backlog, eta = ?s.eta, "run succeeded");
                 RunEvent::Succeeded {
                     run_id,
                     rows: s.rows,
@@ -760,6 +799,8 @@ impl Offloader {
             rolled_forward,
             sweep: None,
             maintenance: None,
+            backlog: Duration::ZERO,
+            eta: Some(Duration::ZERO),
         };
         // Late rows first, below what is committed: a failed sweep fails the
         // run before its window, so nothing committed goes unreported.
@@ -770,17 +811,11 @@ impl Offloader {
             );
         }
         let after = committed.unwrap_or(Watermark::MIN);
-        let Some(mut until) = source.high_watermark().await? else {
+        let Some(high) = source.high_watermark().await? else {
             summary.duration = started.elapsed();
             return Ok(summary);
         };
-        if let (Some(span), Some(_)) = (table.max_window(), committed) {
-            let span = i64::try_from(span.as_micros()).unwrap_or(i64::MAX);
-            until = until.min(Watermark::new(
-                after.timestamp_micros().saturating_add(span),
-                u64::MAX,
-            ));
-        }
+        let (start, until) = window_bounds(source.as_ref(), table, after, high).await?;
         if until <= after {
             summary.duration = started.elapsed();
             return Ok(summary);
@@ -822,6 +857,7 @@ impl Offloader {
         summary.files = stats.files.len();
         summary.watermark = Some(until);
         summary.duration = started.elapsed();
+        (summary.backlog, summary.eta) = progress(start, until, high, summary.duration);
         Ok(summary)
     }
 
@@ -947,6 +983,66 @@ impl Offloader {
             .await;
         attempts.unwrap_or_else(CommitOutcome::NotCommitted)
     }
+}
+
+/// Where a window from `after` starts (the oldest row above it, as far as the
+/// source can tell; `after` otherwise) and where it ends: at the high
+/// watermark, or [`TableConfig::max_window`] of event time past its start.
+/// The low watermark is only asked for when the cap may bite, so the steady
+/// state (a few minutes behind) costs no query. Which rows the window holds
+/// is decided by `after` and `until` alone: a wrong low watermark can make a
+/// window larger or smaller, never skip or repeat a row.
+async fn window_bounds(
+    source: &dyn SourceTable,
+    table: &TableConfig,
+    after: Watermark,
+    high: Watermark,
+) -> Result<(Watermark, Watermark), Error> {
+    let Some(span) = table.max_window() else {
+        return Ok((after, high));
+    };
+    let span = i64::try_from(span.as_micros()).unwrap_or(i64::MAX);
+    let end = |from: Watermark| {
+        high.min(Watermark::new(
+            from.timestamp_micros().saturating_add(span),
+            u64::MAX,
+        ))
+    };
+    if high <= after || (after != Watermark::MIN && end(after) == high) {
+        return Ok((after, high));
+    }
+    // Never behind what is committed, whatever the source says.
+    let start = source
+        .low_watermark(after)
+        .await?
+        .map_or(after, |low| low.max(after));
+    if start == Watermark::MIN {
+        // A first window on a source that cannot say where its rows start:
+        // there is nothing to measure the cap from.
+        return Ok((after, high));
+    }
+    Ok((start, end(start)))
+}
+
+/// The run's progress figures ([`RunSummary::backlog`], [`RunSummary::eta`])
+/// for a window whose rows start at `start` and that ended at `until`, with
+/// the source at `high`, after `took` of wall time.
+fn progress(
+    start: Watermark,
+    until: Watermark,
+    high: Watermark,
+    took: Duration,
+) -> (Duration, Option<Duration>) {
+    let micros = |d: i128| Duration::from_micros(u64::try_from(d.max(0)).unwrap_or(u64::MAX));
+    let behind = i128::from(high.timestamp_micros()) - i128::from(until.timestamp_micros());
+    if behind <= 0 {
+        return (Duration::ZERO, Some(Duration::ZERO));
+    }
+    let covered = i128::from(until.timestamp_micros()) - i128::from(start.timestamp_micros());
+    let eta = (covered > 0 && start != Watermark::MIN && !took.is_zero())
+        .then(|| Duration::try_from_secs_f64(took.as_secs_f64() * behind as f64 / covered as f64).ok())
+        .flatten();
+    (micros(behind), eta)
 }
 
 /// One commit attempt, its outcome resolved with the sink when in doubt.

@@ -69,6 +69,8 @@ pub enum Op {
     SourceOpen,
     /// [`SourceTable::high_watermark`](crate::SourceTable::high_watermark).
     HighWatermark,
+    /// [`SourceTable::low_watermark`](crate::SourceTable::low_watermark).
+    LowWatermark,
     /// [`SourceTable::read`](crate::SourceTable::read) (opening the stream, not its batches).
     Read,
     /// [`SourceTable::bucket_counts`](crate::SourceTable::bucket_counts).
@@ -142,9 +144,10 @@ pub enum Family {
 
 impl Op {
     /// Every operation, in trait order.
-    pub const ALL: [Op; 26] = [
+    pub const ALL: [Op; 27] = [
         Op::SourceOpen,
         Op::HighWatermark,
+        Op::LowWatermark,
         Op::Read,
         Op::SourceBucketCounts,
         Op::SinkOpen,
@@ -176,6 +179,7 @@ impl Op {
         match self {
             Op::SourceOpen => "source.open",
             Op::HighWatermark => "source.high_watermark",
+            Op::LowWatermark => "source.low_watermark",
             Op::Read => "source.read",
             Op::SourceBucketCounts => "source.bucket_counts",
             Op::SinkOpen => "sink.open",
@@ -229,7 +233,9 @@ impl Op {
     /// The trait family the operation belongs to.
     pub fn family(self) -> Family {
         match self {
-            Op::SourceOpen | Op::HighWatermark | Op::Read | Op::SourceBucketCounts => Family::Source,
+            Op::SourceOpen | Op::HighWatermark | Op::LowWatermark | Op::Read | Op::SourceBucketCounts => {
+                Family::Source
+            }
             Op::SinkOpen
             | Op::Prepare
             | Op::Begin

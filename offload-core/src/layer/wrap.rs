@@ -52,6 +52,12 @@ impl<P: Policy, S: SourceTable> SourceTable for Layered<P, S> {
             .await
     }
 
+    async fn low_watermark(&self, after: Watermark) -> Result<Option<Watermark>, Error> {
+        let inner = &self.inner;
+        let mut call = || inner.low_watermark(after);
+        self.policy.around(Op::LowWatermark, &self.table, &mut call).await
+    }
+
     async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         let inner = &self.inner;
         let mut call = || inner.read(window);

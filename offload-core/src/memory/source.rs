@@ -117,6 +117,16 @@ impl SourceTable for MemorySourceTable {
         }))
     }
 
+    async fn low_watermark(&self, after: Watermark) -> Result<Option<Watermark>, Error> {
+        let tables = self.tables.lock().expect("source lock");
+        Ok(tables.get(self.config.source_table()).and_then(|rows| {
+            rows.iter()
+                .map(|r| Watermark::new(r.0, r.1))
+                .filter(|&p| p > after)
+                .min()
+        }))
+    }
+
     async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         let mut rows: Vec<Row> = self
             .tables
