@@ -361,6 +361,29 @@ impl SourceTable for ClickHouseTable {
         Ok(self.high_watermark_inner().await?)
     }
 
+    /// One query, `ORDER BY` the position `LIMIT 1` above `after` (and the
+    /// filter): on a table sorted by the watermark columns ClickHouse reads
+    /// in order and stops at the first granule.
+    async fn low_watermark(&self, after: Watermark) -> Result<Option<Watermark>, Error> {
+        let p = &self.positions;
+        let sql = format!(
+            "SELECT {}, {} FROM {} WHERE {} ORDER BY {}, {} LIMIT 1",
+            p.ts.ticks_sql(&p.ts_sql),
+            p.seq.position_sql(&p.seq_sql),
+            self.table_sql,
+            self.where_clause(p.after(after)),
+            p.ts_sql,
+            p.seq_sql,
+        );
+        let row: Option<(i64, u64)> = self
+            .client
+            .query_raw(&sql)
+            .fetch_optional()
+            .await
+            .map_err(ClickHouseError::from)?;
+        Ok(row.map(|(ticks, seq)| Watermark::new(p.ts.ticks_to_micros(ticks), seq)))
+    }
+
     async fn read(&self, window: Window) -> Result<BatchStream, Error> {
         let reader = self.read_inner(window).await?;
         Ok(reader.into_stream().map(|r| r.map_err(Error::from)).boxed())
