@@ -513,3 +513,34 @@ async fn a_crash_at_any_maintenance_step_leaves_the_table_whole_and_the_next_mai
         let _ = std::fs::remove_dir_all(&s.dir);
     }
 }
+
+/// A first run on hours of history: `run --once` takes one `max_window`
+/// (the default, 1 h) from the oldest row and says how far behind the table
+/// still is; the next run starts at the next row, across the gap, and the
+/// last one has caught up. Every row lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_the_backlog_of_a_backfill_and_crosses_gaps_in_one_window() {
+    let s = Lake::new("backfill_cli", Catalog::Sqlite, Store::File);
+    s.insert(0, 500, 5, 3 * 3_600_000);
+    s.insert(500, 500, 5, 90 * 60_000);
+    s.insert(1_000, 500, 5, 10_000);
+    let lines: Vec<String> = (0..3)
+        .map(|_| {
+            let r = s.run_ok();
+            r.stdout
+                .lines()
+                .find(|l| l.starts_with("trades: ") && l.contains(" rows in "))
+                .unwrap_or_else(|| panic!("no window line: {}", r.describe()))
+                .to_owned()
+        })
+        .collect();
+    // Behind the newest row (10 s old): 3 h - 1 h, then 1.5 h - 1 h, less 10 s.
+    for (line, behind) in lines.iter().zip([", behind 1h 59m", ", behind 29m"]) {
+        assert!(line.starts_with("trades: 500 rows in "), "{line}");
+        assert!(line.contains(behind) && line.contains(", ETA "), "{line}");
+    }
+    assert!(lines[2].starts_with("trades: 500 rows in "), "{}", lines[2]);
+    assert!(!lines[2].contains("behind"), "caught up: {}", lines[2]);
+    assert!(s.run_ok().stdout.contains("trades: nothing new"));
+    assert_eq!(s.verify(false).await.rows, 1_500);
+}

@@ -105,6 +105,20 @@ fn a_good_file_parses_into_table_configs() {
 }
 
 #[test]
+fn max_window_defaults_to_an_hour_and_zero_unbounds_it() {
+    let window = |line: &str| {
+        let cfg = Config::parse(&GOOD.replace("lag = \"5m\"", &format!("lag = \"5m\"\n{line}"))).unwrap();
+        cfg.table_configs().unwrap()[0].max_window()
+    };
+    assert_eq!(window(""), Some(offload_core::DEFAULT_MAX_WINDOW));
+    assert_eq!(
+        window("max_window = \"6h\""),
+        Some(std::time::Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(window("max_window = \"0s\""), None);
+}
+
+#[test]
 fn an_empty_partition_list_is_unpartitioned_and_none_is_the_default() {
     let cfg =
         Config::parse(&GOOD.replace("partition = [{ transform = \"hour\" }]", "partition = []")).unwrap();

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use offload_core::{CancellationToken, Error, SweepSummary, TableResult};
+use offload_core::{CancellationToken, Error, RunSummary, SweepSummary, TableResult};
 
 use super::{Common, startup_failed};
 use crate::app::App;
@@ -43,12 +43,13 @@ pub fn report(results: &[TableResult]) -> bool {
         match r {
             Ok(s) => match s.window {
                 Some(w) => println!(
-                    "{table}: {} rows in {} files, window {w}, {:.2}s, {:.0} rows/s",
+                    "{table}: {} rows in {} files, window {w}, {:.2}s, {:.0} rows/s{}",
                     s.rows,
                     s.files,
                     s.duration.as_secs_f64(),
                     // The window's own rate (read to commit): what a backfill moves.
-                    s.rows as f64 / s.duration.as_secs_f64().max(1e-6)
+                    s.rows as f64 / s.duration.as_secs_f64().max(1e-6),
+                    progress(s)
                 ),
                 None => println!("{table}: nothing new"),
             },
@@ -60,6 +61,17 @@ pub fn report(results: &[TableResult]) -> bool {
         }
     }
     ok
+}
+
+/// `, behind <backlog>, ETA <eta>` for a run that left its table behind (a
+/// backfill cut into `max_window` steps); nothing for one that caught up.
+pub fn progress(s: &RunSummary) -> String {
+    use offload_core::duration::format_approx;
+    if s.backlog.is_zero() {
+        return String::new();
+    }
+    let eta = s.eta.map_or_else(|| "unknown".to_owned(), format_approx);
+    format!(", behind {}, ETA {eta}", format_approx(s.backlog))
 }
 
 /// What a sweep found, or `None` when it found nothing worth a line.

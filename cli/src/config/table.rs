@@ -31,7 +31,10 @@ pub struct TableSection {
     pub lag: Option<Dur>,
     /// Rows per batch (default: the engine's).
     pub batch_size: Option<usize>,
-    /// Largest event-time span per run, from the second window on.
+    /// Largest event-time span per run, measured from the oldest row not yet
+    /// offloaded, so a first run on months of data (a backfill) proceeds in
+    /// steps (default: the engine's, 1h; `"0s"`: unbounded, every run takes
+    /// everything up to the high watermark).
     pub max_window: Option<Dur>,
     /// How far below the committed watermark each run sweeps for rows that
     /// arrived after their window was committed (default 7d; `"0s"` turns the
@@ -117,8 +120,10 @@ impl TableSection {
         if let Some(n) = self.batch_size {
             b = b.batch_size(n);
         }
-        if let Some(w) = self.max_window {
-            b = b.max_window(w.0);
+        match self.max_window {
+            Some(w) if w.0.is_zero() => b = b.unbounded_window(),
+            Some(w) => b = b.max_window(w.0),
+            None => {}
         }
         if let Some(h) = self.late_horizon {
             b = b.late_horizon(h.0);
