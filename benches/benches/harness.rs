@@ -37,8 +37,12 @@
 //! (row count and a content hash over every column) before its time counts.
 //! See the package README for the reading of the numbers.
 
+#[path = "harness/backfill.rs"]
+mod backfill;
 #[path = "harness/maintain.rs"]
 mod maintain;
+#[path = "harness/wide.rs"]
+mod wide;
 
 // mimalloc like the `offload` program, or the system allocator in a child
 // started with OFFLOAD_BENCH_ALLOCATOR=system (row 1s).
@@ -86,6 +90,20 @@ enum System {
     /// small windows (a child of its own, before the timed maintenance).
     #[value(hide = true)]
     MaintainSetup,
+    /// The wide tables (`harness/wide.rs`): ceiling, engine defaults and
+    /// ClickHouse's writer on the silver and the 50-column table. Not in the
+    /// default set (it adds about a minute).
+    Wide,
+    /// Row 6 (`harness/backfill.rs`): a first run on `--backfill-rows` rows
+    /// in ~9 `max_window` windows, timed as a whole. Not in the default set
+    /// (it generates a table of its own, 20M rows).
+    Backfill,
+    /// Internal: [`System::Wide`]'s engine, every default.
+    #[value(hide = true)]
+    WideEngine,
+    /// Internal: [`System::Wide`]'s ClickHouse writer.
+    #[value(hide = true)]
+    WideClickhouse,
 }
 
 impl System {
@@ -117,6 +135,10 @@ impl System {
             System::Sweep => "4  late-row sweep (own table below)",
             System::Maintain => "5  maintenance: compaction + expiry (below)",
             System::MaintainSetup => "5s maintenance setup: offload in small windows",
+            System::Wide => "w  wide tables (below)",
+            System::Backfill => "6  backfill: first run in max_window windows (below)",
+            System::WideEngine => "1w offload, engine defaults (wide table)",
+            System::WideClickhouse => "2w ClickHouse INSERT INTO IcebergLocal (wide table)",
         }
     }
 
@@ -134,6 +156,10 @@ impl System {
             System::Sweep => "sweep",
             System::Maintain => "maintain",
             System::MaintainSetup => "maintain-setup",
+            System::Wide => "wide",
+            System::Backfill => "backfill",
+            System::WideEngine => "wide-engine",
+            System::WideClickhouse => "wide-clickhouse",
         }
     }
 
@@ -210,6 +236,13 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+    /// `backfill`: rows of the backfilled table (default 20,000,000; 2,000,000 with --quick).
+    #[arg(long)]
+    backfill_rows: Option<u64>,
+    /// `wide`: rows of each wide table (default 1,000,000; 200,000 with --quick).
+    #[arg(long)]
+    wide_rows: Option<u64>,
+
     /// Internal: run one system in this (child) process.
     #[arg(long, hide = true, value_enum)]
     child: Option<System>,
@@ -302,12 +335,17 @@ fn table_config_with(
     batch_size: usize,
     late_horizon: Option<Duration>,
 ) -> Result<TableConfig, BoxError> {
+    let (ts, seq) =
+        wide::Shape::of(table).map_or(("exchange_timestamp", "sequence_number"), |s| s.watermark());
     let mut builder = TableConfig::builder(table)
         .sink_table(format!("{DATABASE}.{table}"))
-        .timestamp_column("exchange_timestamp")
-        .sequence_column("sequence_number")
+        .timestamp_column(ts)
+        .sequence_column(seq)
         .lag(Duration::from_secs(60))
-        .batch_size(batch_size);
+        .batch_size(batch_size)
+        // These rows time one window of the whole table, like ClickHouse's
+        // one INSERT; row 6 (backfill) times the windows of max_window.
+        .unbounded_window();
     if let Some(h) = late_horizon {
         builder = builder.late_horizon(h);
     }
@@ -442,64 +480,96 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
             Ok(with(result, "table_location", location.into()))
         }
         System::Clickhouse | System::ClickhouseDefaults => {
-            let location = out.join("table");
-            let mut client = clickhouse::Client::default()
-                .with_url(url)
-                .with_database(DATABASE)
-                .with_setting("allow_insert_into_iceberg", "1")
-                .with_setting("output_format_parquet_compression_method", "zstd")
-                .with_setting("output_format_compression_level", "3")
-                // Our writer (arrow-rs) writes no bloom filters either.
-                .with_setting("output_format_parquet_write_bloom_filter", "0");
-            if system == System::Clickhouse {
-                // Both cores, like the engine's two encoder tasks.
-                client = client.with_setting("max_insert_threads", "2");
-            }
-            let target = format!("ice_{}", out.file_name().and_then(|n| n.to_str()).unwrap_or("t"))
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-            let timer = Timer::start(args.front_pid);
             // The engine's Iceberg schema; ClickHouse refuses LowCardinality here.
-            client
-                .query_raw(&format!(
-                    "CREATE TABLE {DATABASE}.{target} (
-                        exchange_timestamp DateTime64(6, 'UTC'), sequence_number Int64, symbol String,
-                        price Decimal(18, 8), quantity Decimal(18, 8), quote_volume Decimal(18, 8),
-                        event_time DateTime64(6, 'UTC'), kafka_offset Int64, kafka_partition Int32,
-                        ingestion_timestamp DateTime64(6, 'UTC')
-                     ) ENGINE = IcebergLocal('{}', 'Parquet')
-                     PARTITION BY toRelativeDayNum(exchange_timestamp)",
-                    location.display()
-                ))
-                .execute()
-                .await?;
-            client
-                .query_raw(&format!(
-                    "INSERT INTO {DATABASE}.{target} SELECT exchange_timestamp, sequence_number, \
-                     CAST(symbol AS String), price, quantity, quote_volume, event_time, kafka_offset, \
-                     kafka_partition, ingestion_timestamp FROM {DATABASE}.{table_name}"
-                ))
-                .execute()
-                .await?;
-            let rows: u64 = client
-                .query_raw(&format!("SELECT count() FROM {DATABASE}.{table_name}"))
-                .fetch_one()
-                .await?;
-            let result = timer.stop(rows, json!({}));
-            client
-                .query_raw(&format!("DROP TABLE {DATABASE}.{target}"))
-                .execute()
-                .await?;
-            Ok(with(
-                result,
-                "table_location",
-                location.display().to_string().into(),
-            ))
+            iceberg_local_insert(
+                args,
+                url,
+                system,
+                table_name,
+                out,
+                "exchange_timestamp DateTime64(6, 'UTC'), sequence_number Int64, symbol String, \
+                 price Decimal(18, 8), quantity Decimal(18, 8), quote_volume Decimal(18, 8), \
+                 event_time DateTime64(6, 'UTC'), kafka_offset Int64, kafka_partition Int32, \
+                 ingestion_timestamp DateTime64(6, 'UTC')",
+                "exchange_timestamp, sequence_number, CAST(symbol AS String), price, quantity, quote_volume, \
+                 event_time, kafka_offset, kafka_partition, ingestion_timestamp",
+                "exchange_timestamp",
+            )
+            .await
         }
+        System::Wide => Err("the wide tables run in the parent, not a harness child".into()),
+        System::Backfill => backfill::child(url, table_name, out, args.front_pid).await,
+        System::WideEngine => wide::engine_child(url, table_name, out, args.front_pid).await,
+        System::WideClickhouse => wide::clickhouse_child(args, url, table_name, out).await,
         System::Pyiceberg => Err("pyiceberg runs as a Python process, not a harness child".into()),
         System::Sweep => sweep_child(args, url, table_name, out).await,
         System::MaintainSetup => maintain::maintain_setup_child(args, url, table_name, out).await,
         System::Maintain => maintain::maintain_child(args, table_name, out).await,
     }
+}
+
+/// ClickHouse's own Iceberg writer (rows 2 and 2d, and the wide tables' 2w):
+/// `CREATE TABLE ... ENGINE = IcebergLocal` with `columns` (the engine's
+/// Iceberg schema as ClickHouse types), day partitions on `day_column`, and
+/// `INSERT INTO ... SELECT select FROM source_table`, timed from CREATE to
+/// the INSERT done. zstd level 3 and no bloom filters like our writer;
+/// [`System::Clickhouse`] (and anything but `ClickhouseDefaults`) gets two
+/// insert threads, one per core, like the engine's encoder tasks.
+#[allow(clippy::too_many_arguments)]
+async fn iceberg_local_insert(
+    args: &Args,
+    url: &str,
+    system: System,
+    source_table: &str,
+    out: &Path,
+    columns: &str,
+    select: &str,
+    day_column: &str,
+) -> Result<Value, BoxError> {
+    let location = out.join("table");
+    let mut client = clickhouse::Client::default()
+        .with_url(url)
+        .with_database(DATABASE)
+        .with_setting("allow_insert_into_iceberg", "1")
+        .with_setting("output_format_parquet_compression_method", "zstd")
+        .with_setting("output_format_compression_level", "3")
+        // Our writer (arrow-rs) writes no bloom filters either.
+        .with_setting("output_format_parquet_write_bloom_filter", "0");
+    if system != System::ClickhouseDefaults {
+        // Both cores, like the engine's two encoder tasks.
+        client = client.with_setting("max_insert_threads", "2");
+    }
+    let target = format!("ice_{}", out.file_name().and_then(|n| n.to_str()).unwrap_or("t"))
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let timer = Timer::start(args.front_pid);
+    client
+        .query_raw(&format!(
+            "CREATE TABLE {DATABASE}.{target} ({columns}) ENGINE = IcebergLocal('{}', 'Parquet') \
+             PARTITION BY toRelativeDayNum({day_column})",
+            location.display()
+        ))
+        .execute()
+        .await?;
+    client
+        .query_raw(&format!(
+            "INSERT INTO {DATABASE}.{target} SELECT {select} FROM {DATABASE}.{source_table}"
+        ))
+        .execute()
+        .await?;
+    let rows: u64 = client
+        .query_raw(&format!("SELECT count() FROM {DATABASE}.{source_table}"))
+        .fetch_one()
+        .await?;
+    let result = timer.stop(rows, json!({}));
+    client
+        .query_raw(&format!("DROP TABLE {DATABASE}.{target}"))
+        .execute()
+        .await?;
+    Ok(with(
+        result,
+        "table_location",
+        location.display().to_string().into(),
+    ))
 }
 
 /// Idle sweep samples per child: sweep on and sweep off, alternating.
@@ -835,6 +905,10 @@ fn parent(args: Args) -> Result<(), BoxError> {
     let mut prepared: Vec<maintain::Prepared> = Vec::new();
     for i in 0..repeat {
         for &system in &systems {
+            if system == System::Wide || system == System::Backfill {
+                // Its own tables and repetitions, after this loop.
+                continue;
+            }
             if system == System::Maintain {
                 if prepared.is_empty() {
                     // Closed partitions of a fifth and four fifths of the rows.
@@ -893,6 +967,26 @@ fn parent(args: Args) -> Result<(), BoxError> {
             }
         }
     }
+
+    let (setup, wide) = if systems.contains(&System::Wide) {
+        let wide_rows = args
+            .wide_rows
+            .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
+        let (setup, v) = wide::run(&args, setup, wide_rows, repeat)?;
+        (setup, Some(v))
+    } else {
+        (setup, None)
+    };
+
+    let (setup, backfill) = if systems.contains(&System::Backfill) {
+        let backfill_rows = args
+            .backfill_rows
+            .unwrap_or(if args.quick { 2_000_000 } else { 20_000_000 });
+        let (setup, v) = backfill::run(&args, setup, backfill_rows)?;
+        (setup, Some(v))
+    } else {
+        (setup, None)
+    };
 
     let rss_run = if rss_rows > 0 {
         eprintln!("generating {rss_rows} rows for the RSS check");
@@ -956,6 +1050,12 @@ fn parent(args: Args) -> Result<(), BoxError> {
         engine_runs: runs.iter().filter(|r| r.system == System::Engine).collect(),
     };
     println!("{}", report.render());
+    if let Some(v) = &wide {
+        println!("{}", wide::render(v));
+    }
+    if let Some(v) = &backfill {
+        println!("{}", backfill::render(v));
+    }
 
     let json_path = args.json.clone().unwrap_or_else(|| {
         root.join(".run/bench-results").join(format!(
@@ -986,6 +1086,8 @@ fn parent(args: Args) -> Result<(), BoxError> {
         "targets": report.targets_json(),
         "sweep": report.sweep(),
         "maintain": report.maintain(),
+        "wide": wide,
+        "backfill": backfill,
         "rss_check": rss_run.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
         "rss_check_system_allocator": rss_system_alloc.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
@@ -1192,12 +1294,10 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
     };
     let checked = if system.writes() {
         let location = raw["table_location"].as_str().ok_or("no table_location")?;
-        let got = data::parse_checksum(
-            &setup
-                .front
-                .query(&data::bronze_checksum(&format!("icebergLocal('{location}')"))),
-        )
-        .ok_or("unreadable checksum")?;
+        let from = format!("icebergLocal('{location}')");
+        let query =
+            wide::Shape::of(table).map_or_else(|| data::bronze_checksum(&from), |s| s.checksum(&from));
+        let got = data::parse_checksum(&setup.front.query(&query)).ok_or("unreadable checksum")?;
         if got != expected {
             return Err(format!(
                 "{}: the Iceberg table holds {got:?}, the source {expected:?}",

@@ -173,6 +173,112 @@ pub fn wide_insert(table: &str, rows: u64) -> String {
     )
 }
 
+/// Columns and types of the seed's silver trades, as this harness generates
+/// them: the bronze columns at silver precision (`Decimal128(8)` prices,
+/// `DateTime64(6, 'UTC')` times), the categoricals as `LowCardinality(String)`,
+/// and the two columns the seed's JDBC path dropped, `trade_conditions
+/// Array(String)` and `vendor_data Map(String, String)`.
+pub const SILVER_COLUMNS: &[(&str, &str)] = &[
+    ("exchange_timestamp", "DateTime64(6, 'UTC')"),
+    ("sequence_number", "UInt64"),
+    ("exchange", "LowCardinality(String)"),
+    ("symbol", "LowCardinality(String)"),
+    ("currency", "LowCardinality(String)"),
+    ("price", "Decimal128(8)"),
+    ("quantity", "Decimal128(8)"),
+    ("quote_volume", "Decimal128(8)"),
+    ("event_time", "DateTime64(6, 'UTC')"),
+    ("kafka_offset", "UInt64"),
+    ("kafka_partition", "UInt16"),
+    ("ingestion_timestamp", "DateTime64(6, 'UTC')"),
+    ("trade_conditions", "Array(String)"),
+    ("vendor_data", "Map(String, String)"),
+];
+
+/// The silver table's DDL. Ordered by the watermark pair like
+/// [`bronze_ddl`] (the seed orders silver by exchange and symbol first; the
+/// engine reads windows in watermark order, which that key would make a sort).
+pub fn silver_ddl(table: &str) -> String {
+    let columns: Vec<String> = SILVER_COLUMNS.iter().map(|(n, t)| format!("{n} {t}")).collect();
+    format!(
+        "CREATE TABLE {DATABASE}.{table} ({}) ENGINE = MergeTree ORDER BY (exchange_timestamp, sequence_number)",
+        columns.join(", ")
+    )
+}
+
+/// `rows` silver trades: four per millisecond (250 µs apart), centred on
+/// midnight 2025-01-01 UTC like [`bronze_insert`]; three exchanges with their
+/// quote currencies, the eight bronze symbols and price levels, 0-2 trade
+/// conditions, and vendor data of 4 entries (binance) or 2 (the others).
+/// Deterministic.
+pub fn silver_insert(table: &str, rows: u64) -> String {
+    format!(
+        "INSERT INTO {DATABASE}.{table} SELECT
+            toDateTime64('2025-01-01 00:00:00', 6, 'UTC')
+                + toIntervalMicrosecond(intDiv(number, 4) * 1000 + number % 4 * 250)
+                - toIntervalMillisecond(intDiv({rows}, 8)) AS ts,
+            1000000000 + number,
+            ['binance', 'kraken', 'coinbase'][ex + 1],
+            ['BTCUSDT', 'ETHUSDT', 'SOLUSDT', 'XRPUSDT', 'BNBUSDT', 'ADAUSDT', 'DOGEUSDT', 'AVAXUSDT'][sym + 1],
+            ['USDT', 'USD', 'USD'][ex + 1],
+            toDecimal128(round([97000, 3400, 190, 2.3, 700, 0.9, 0.32, 38][sym + 1]
+                * (1 + (toInt64(cityHash64(intDiv(number, 400), sym) % 2001) - 1000) / 100000), 2), 8) AS px,
+            toDecimal128((cityHash64(number, 2) % 500000 + 1) / 100000, 8) AS qty,
+            toDecimal128(round(toFloat64(px) * toFloat64(qty), 8), 8),
+            ts + toIntervalMicrosecond(cityHash64(number, 3) % 50000),
+            5000000000 + intDiv(number, 12),
+            number % 12,
+            ts + toIntervalMicrosecond(1000000 + cityHash64(number, 4) % 200000),
+            arrayMap(i -> ['@', 'F', 'T', 'I', 'Z', '4'][(h + i) % 6 + 1], range(h % 3)),
+            if(ex = 0,
+               map('event_type', 'trade', 'is_buyer_maker', if(h % 2 = 0, 'true', 'false'),
+                   'buyer_order_id', toString(h % 1000000007), 'seller_order_id', toString(h % 998244353)),
+               map('trade_id', toString(number), 'venue_ts', toString(toUnixTimestamp64Micro(ts) - h % 1000)))
+         FROM (SELECT number, cityHash64(number) AS h, cityHash64(number) % 8 AS sym, cityHash64(number, 5) % 3 AS ex
+               FROM numbers({rows}))"
+    )
+}
+
+/// `count()` and an order-independent content hash over every column of a
+/// table of `columns` (such as [`SILVER_COLUMNS`] or [`WIDE_COLUMNS`]), like
+/// [`bronze_checksum`]. Each value is normalised to text by its source type
+/// so that every Iceberg copy hashes like the ClickHouse table whatever
+/// types its writer chose: times as microseconds since the epoch, `Bool` as
+/// 0/1, `NULL` as `'NULL'`, everything else (numbers, decimals, strings,
+/// enums, UUIDs, dates, arrays, maps, tuples) as ClickHouse prints it, which
+/// does not depend on the integer width, `Date` vs `Date32`, `Enum` vs
+/// `String`, `UInt64` vs `Decimal(20, 0)` or a tuple's vs a struct's names.
+/// (Times nested in arrays, maps or tuples would print by type; the
+/// benchmark tables have none.)
+pub fn content_checksum(columns: &[(&str, &str)], from: &str) -> String {
+    let values: Vec<String> = columns.iter().map(|(n, t)| normalised(n, t)).collect();
+    format!(
+        "SELECT count(), sum(cityHash64({})) FROM {from} FORMAT TSV",
+        values.join(", ")
+    )
+}
+
+/// A column's value as [`content_checksum`] hashes it.
+fn normalised(column: &str, ty: &str) -> String {
+    let ty = ty.trim();
+    let inner = |prefix: &str| {
+        ty.strip_prefix(prefix)
+            .and_then(|t| t.strip_suffix(')'))
+            .map(str::to_owned)
+    };
+    if let Some(t) = inner("Nullable(") {
+        format!("ifNull({}, 'NULL')", normalised(column, &t))
+    } else if let Some(t) = inner("LowCardinality(") {
+        normalised(column, &t)
+    } else if ty.starts_with("DateTime") {
+        format!("toString(toUnixTimestamp64Micro(toDateTime64({column}, 6, 'UTC')))")
+    } else if ty == "Bool" {
+        format!("toString(toUInt8({column}))")
+    } else {
+        format!("toString({column})")
+    }
+}
+
 /// `count()` and an order-independent content hash of a `bronze_trades`
 /// table, computed on values normalised so the ClickHouse table and every
 /// Iceberg copy of it (whatever integer, timestamp or string type each writer
@@ -210,5 +316,12 @@ mod tests {
         assert!(bronze_insert("t", 8).contains("intDiv(8, 8)"));
         assert_eq!(parse_checksum("3\t42\n"), Some((3, 42)));
         assert_eq!(parse_checksum("x"), None);
+        assert!(silver_insert("s", 10).contains("numbers(10)"));
+        assert!(silver_ddl("s").contains("vendor_data Map(String, String)"));
+        let sum = content_checksum(SILVER_COLUMNS, "t");
+        assert!(sum.contains("toString(toUnixTimestamp64Micro(toDateTime64(exchange_timestamp, 6, 'UTC')))"));
+        assert!(sum.contains("toString(symbol)") && sum.ends_with("FROM t FORMAT TSV"));
+        let sum = content_checksum(WIDE_COLUMNS, "t");
+        assert!(sum.contains("ifNull(toString(n_i64), 'NULL')") && sum.contains("toString(toUInt8(flag))"));
     }
 }
