@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod columns;
+mod compression;
 mod convert;
 mod decode;
 pub mod derived;
@@ -13,11 +14,11 @@ mod stream;
 mod table;
 pub mod types;
 
+pub use compression::Compression;
 pub use decode::ArrowStreamDecoder;
 pub use error::ClickHouseError;
 pub use source::{
-    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, Compression,
-    DEFAULT_STREAM_IDLE_TIMEOUT,
+    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, DEFAULT_STREAM_IDLE_TIMEOUT,
 };
 pub use table::ClickHouseTable;
 pub use types::{SubMicrosecond, UInt64Mapping};

@@ -12,6 +12,7 @@ use offload_core::redact::{redact_opt, redact_url};
 use offload_core::{Error, Source, SourceTable, TableConfig};
 
 use crate::ClickHouseError;
+use crate::compression::Compression;
 use crate::ident::{validate_filter, validate_identifier};
 use crate::table::ClickHouseTable;
 use crate::types::{MappingOptions, SubMicrosecond, UInt64Mapping};
@@ -24,10 +25,18 @@ pub(crate) const ARROW_SETTINGS: &[(&str, &str)] = &[
     ("output_format_arrow_string_as_string", "0"),
     ("output_format_arrow_low_cardinality_as_dictionary", "0"),
     ("output_format_arrow_fixed_string_as_fixed_byte_array", "1"),
-    // The HTTP body is already compressed (lz4 by default); compressing the
-    // IPC buffers again would only cost CPU on both ends.
+    // The HTTP body is compressed when it crosses a network (LZ4, see
+    // `Compression::Auto`); compressing the IPC buffers as well would only
+    // cost CPU on both ends.
     ("output_format_arrow_compression_method", "none"),
 ];
+
+/// Settings that decide the size of the blocks ClickHouse sends. Each
+/// window query sets both to ask for blocks of exactly the table's batch size
+/// ([`ClickHouseTable::window_settings`]) unless the user set either with
+/// [`ClickHouseSourceBuilder::setting`]: then the user's block sizing stands
+/// alone, not mixed with half of ours.
+pub(crate) const BLOCK_SETTINGS: [&str; 2] = ["max_block_size", "preferred_block_size_bytes"];
 
 /// URL parameters the HTTP interface interprets itself, or that this crate
 /// controls: refused as query settings.
@@ -49,37 +58,6 @@ const RESERVED_SETTINGS: &[&str] = &[
     "wait_end_of_query",
     "stacktrace",
 ];
-
-/// Wire compression of responses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Compression {
-    /// No compression.
-    None,
-    /// LZ4 (`Accept-Encoding: lz4`), ClickHouse's own default. Needs the `lz4`
-    /// feature (on by default).
-    #[cfg(feature = "lz4")]
-    Lz4,
-}
-
-impl Default for Compression {
-    fn default() -> Self {
-        #[cfg(feature = "lz4")]
-        return Compression::Lz4;
-        #[cfg(not(feature = "lz4"))]
-        return Compression::None;
-    }
-}
-
-impl Compression {
-    fn client(self) -> clickhouse::Compression {
-        match self {
-            Compression::None => clickhouse::Compression::None,
-            #[cfg(feature = "lz4")]
-            Compression::Lz4 => clickhouse::Compression::Lz4,
-        }
-    }
-}
 
 /// Options of one table for the ClickHouse source, attached to its
 /// [`TableConfig`] with [`TableConfigBuilder::option`](offload_core::TableConfigBuilder::option)
@@ -267,7 +245,10 @@ impl ClickHouseSourceBuilder {
         self
     }
 
-    /// Response compression (default: [`Compression::Lz4`] with the `lz4` feature).
+    /// Response compression (default [`Compression::Auto`]: none when the
+    /// URL's host is a loopback address or `localhost`, LZ4 otherwise;
+    /// resolved by [`build`](Self::build), see
+    /// [`ClickHouseSource::compression`]).
     pub fn compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
         self
@@ -277,6 +258,12 @@ impl ClickHouseSourceBuilder {
     /// `max_memory_usage`, `max_threads`. Names are validated; protocol
     /// parameters and the `output_format_arrow_*` settings this crate relies
     /// on are refused.
+    ///
+    /// Window queries ask for blocks of the table's batch size
+    /// (`max_block_size = batch_size`, `preferred_block_size_bytes = 0`, see
+    /// [`ClickHouseTable::window_settings`]). Setting either of those two here
+    /// replaces that: the user's values go to every query and the source sets
+    /// neither.
     pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.insert(name.into(), value.into());
         self
@@ -362,9 +349,14 @@ impl ClickHouseSourceBuilder {
             return Err(invalid("stream_idle_timeout", "must be positive".into()));
         }
 
+        let compression = self.compression.resolve(&self.url);
+        let tune_blocks = !self
+            .settings
+            .keys()
+            .any(|name| BLOCK_SETTINGS.iter().any(|b| name.eq_ignore_ascii_case(b)));
         let mut client = Client::default()
             .with_url(self.url.clone())
-            .with_compression(self.compression.client());
+            .with_compression(compression.client());
         if let Some(user) = &self.user {
             client = client.with_user(user.clone());
         }
@@ -377,7 +369,12 @@ impl ClickHouseSourceBuilder {
         for (name, value) in &self.settings {
             client = client.with_setting(name.clone(), value.clone());
         }
-        Ok(ClickHouseSource { client, config: self })
+        Ok(ClickHouseSource {
+            client,
+            compression,
+            tune_blocks,
+            config: self,
+        })
     }
 }
 
@@ -424,12 +421,17 @@ impl ClickHouseSourceBuilder {
 /// ```
 pub struct ClickHouseSource {
     client: Client,
+    /// The builder's choice resolved for its URL (never `Auto`).
+    compression: Compression,
+    /// Whether window queries set [`BLOCK_SETTINGS`] (the user set neither).
+    tune_blocks: bool,
     config: ClickHouseSourceBuilder,
 }
 
 impl fmt::Debug for ClickHouseSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClickHouseSource")
+            .field("compression", &self.compression)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -451,6 +453,25 @@ impl ClickHouseSource {
         }
     }
 
+    /// The wire compression in use: the builder's
+    /// [`compression`](ClickHouseSourceBuilder::compression) with
+    /// [`Compression::Auto`] resolved for the URL ([`Compression::resolve`]).
+    ///
+    /// ```
+    /// use offload_source_clickhouse::{ClickHouseSource, Compression};
+    ///
+    /// let local = ClickHouseSource::builder("http://127.0.0.1:8123").build().unwrap();
+    /// assert_eq!(local.compression(), Compression::None);
+    /// # #[cfg(feature = "lz4")]
+    /// # {
+    /// let remote = ClickHouseSource::builder("http://clickhouse.internal:8123").build().unwrap();
+    /// assert_eq!(remote.compression(), Compression::Lz4);
+    /// # }
+    /// ```
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// The configured client (URL, credentials, database, compression,
     /// settings): for other queries against the same server, e.g.
     /// [`columns::discover`](crate::columns::discover).
@@ -467,6 +488,7 @@ impl ClickHouseSource {
             self.config.database.as_deref(),
             self.config.mapping,
             self.config.stream_idle_timeout,
+            self.tune_blocks,
             table,
         )
         .await
