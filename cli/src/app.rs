@@ -124,6 +124,7 @@ pub fn clickhouse_source(ch: &ClickHouseSection) -> Result<Arc<dyn Source>, AppE
         b = b.password(pw.expose());
     }
     b = b.compression(match ch.compression {
+        CompressionName::Auto => Compression::Auto,
         CompressionName::None => Compression::None,
         CompressionName::Lz4 => Compression::Lz4,
     });

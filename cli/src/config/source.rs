@@ -18,7 +18,8 @@ pub struct ClickHouseSection {
     pub user: Option<String>,
     /// Name of the environment variable holding the password.
     pub password_env: Option<EnvVar>,
-    /// Response compression on the wire (default `lz4`).
+    /// Response compression on the wire (default `auto`: none to a loopback
+    /// host, LZ4 otherwise).
     #[serde(default)]
     pub compression: CompressionName,
     /// Longest wait for the next piece of a response on the wire (default
@@ -40,8 +41,12 @@ pub struct ClickHouseSection {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CompressionName {
-    /// LZ4, ClickHouse's own default.
+    /// None when the URL's host is `localhost`, `127.0.0.0/8` or `::1`
+    /// (LZ4 would only cost CPU on both ends of a link inside one host),
+    /// LZ4 otherwise.
     #[default]
+    Auto,
+    /// LZ4, ClickHouse's own default.
     Lz4,
     /// None.
     None,
@@ -69,4 +74,50 @@ pub enum SubMicrosecondName {
     Nanoseconds,
     /// Refuse such columns.
     Refuse,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> ClickHouseSection {
+        toml::from_str(&format!("url = \"http://127.0.0.1:8123\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn compression_is_auto_unless_named() {
+        assert_eq!(parse("").compression, CompressionName::Auto);
+        for (text, want) in [
+            ("auto", CompressionName::Auto),
+            ("lz4", CompressionName::Lz4),
+            ("none", CompressionName::None),
+        ] {
+            assert_eq!(parse(&format!("compression = \"{text}\"")).compression, want);
+        }
+        let err = toml::from_str::<ClickHouseSection>("url = \"http://h\"\ncompression = \"zstd\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auto") && err.contains("lz4"), "{err}");
+    }
+
+    /// The name reaches the source: `auto` is resolved for the URL's host.
+    #[test]
+    fn compression_reaches_the_source() {
+        for (url, name, want) in [
+            ("http://127.0.0.1:8123", "auto", "None"),
+            ("http://localhost:8123", "auto", "None"),
+            ("http://clickhouse.internal:8123", "auto", "Lz4"),
+            ("http://127.0.0.1:8123", "lz4", "Lz4"),
+            ("http://clickhouse.internal:8123", "none", "None"),
+        ] {
+            let section: ClickHouseSection =
+                toml::from_str(&format!("url = \"{url}\"\ncompression = \"{name}\"")).unwrap();
+            let source = crate::app::clickhouse_source(&section).unwrap();
+            let text = format!("{source:?}");
+            assert!(
+                text.starts_with(&format!("ClickHouseSource {{ compression: {want},")),
+                "{url} {name}: {text}"
+            );
+        }
+    }
 }
