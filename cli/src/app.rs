@@ -258,6 +258,12 @@ pub fn sink_config(cfg: &Config) -> Result<IcebergSinkConfig, AppError> {
     if let Some(v) = w.queue_depth {
         s = s.queue_depth(v);
     }
+    if let Some(v) = w.partition_idle_batches {
+        s = s.partition_idle_batches(v);
+    }
+    if let Some(v) = w.max_open_partitions {
+        s = s.max_open_partitions(v);
+    }
     // The sink bounds its commits itself: only it knows whether a commit that
     // ran out of time had reached the catalog (unknown outcome) or not.
     s = s

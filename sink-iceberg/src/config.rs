@@ -414,6 +414,42 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 after percent-decoding"))
 }
 
+/// The most encoder tasks [`default_writer_tasks`] picks. One HTTP stream
+/// from ClickHouse feeds all of them, and one core encodes ~3.4M
+/// `bronze_trades` rows/s (criterion `stage`), so four already outrun what
+/// ClickHouse serves over one connection (~6M rows/s merely read and
+/// discarded, harness row 0); more would only add files per partition (one
+/// per task) and open row groups in memory. Set
+/// [`writer_tasks`](IcebergSinkConfig::writer_tasks) to go beyond.
+pub const MAX_DEFAULT_WRITER_TASKS: usize = 4;
+
+/// Default of [`IcebergSinkConfig::row_group_rows`]: 256 Ki rows (Polars'
+/// default; DuckDB writes 122,880). arrow-rs's 1 Mi rows held ~50 MiB more
+/// at the peak of a 10M-row window crossing midnight (harness `--rss-rows`,
+/// two encoder tasks, median of 5-7 runs on a loaded 2-core VM: 235 against
+/// 284 MiB), for `bronze_trades` rows of ~14 B in Parquet that is row groups
+/// of ~3.5 MB instead of ~14 MB; finer row groups also prune time ranges
+/// finer.
+pub const DEFAULT_ROW_GROUP_ROWS: usize = 256 << 10;
+
+/// Default of [`IcebergSinkConfig::partition_idle_batches`].
+pub const DEFAULT_PARTITION_IDLE_BATCHES: u64 = 4;
+
+/// Default of [`IcebergSinkConfig::max_open_partitions`].
+pub const DEFAULT_MAX_OPEN_PARTITIONS: usize = 8;
+
+/// The default number of encoder tasks: the CPUs this process may use
+/// (`std::thread::available_parallelism`, which honours cgroup quotas and
+/// affinity masks), at most [`MAX_DEFAULT_WRITER_TASKS`], 1 if unknown.
+///
+/// ```
+/// let n = offload_sink_iceberg::default_writer_tasks();
+/// assert!((1..=offload_sink_iceberg::MAX_DEFAULT_WRITER_TASKS).contains(&n));
+/// ```
+pub fn default_writer_tasks() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_WRITER_TASKS))
+}
+
 /// Everything the sink needs: the catalog plus write and commit settings.
 ///
 /// ```
@@ -436,6 +472,8 @@ pub struct IcebergSinkConfig {
     pub(crate) row_group_rows: usize,
     pub(crate) writer_tasks: usize,
     pub(crate) queue_depth: usize,
+    pub(crate) partition_idle_batches: u64,
+    pub(crate) max_open_partitions: usize,
     pub(crate) commit_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) check_duplicate_files: bool,
@@ -443,10 +481,15 @@ pub struct IcebergSinkConfig {
 }
 
 impl IcebergSinkConfig {
-    /// Defaults: zstd level 3, 128 MiB target files, 1 Mi-row row groups,
-    /// one background writer task, commit timeout 120 s, connect timeout
-    /// 60 s, orphan grace period 24 h, namespace [`DEFAULT_NAMESPACE`]
-    /// (`offload`) for unqualified table names, duplicate-file check off (see
+    /// Defaults: zstd level 3, 128 MiB target files, row groups of
+    /// [`DEFAULT_ROW_GROUP_ROWS`] (256 Ki) rows,
+    /// [`default_writer_tasks`] encoder tasks (the machine's cores, at most
+    /// [`MAX_DEFAULT_WRITER_TASKS`]), a partition's file closed after
+    /// [`DEFAULT_PARTITION_IDLE_BATCHES`] batches without its rows and at most
+    /// [`DEFAULT_MAX_OPEN_PARTITIONS`] open per task, commit timeout 120 s,
+    /// connect timeout 60 s, orphan grace period 24 h, namespace
+    /// [`DEFAULT_NAMESPACE`] (`offload`) for unqualified table names,
+    /// duplicate-file check off (see
     /// [`check_duplicate_files`](Self::check_duplicate_files)).
     pub fn new(catalog: CatalogConfig) -> Self {
         Self {
@@ -454,9 +497,11 @@ impl IcebergSinkConfig {
             default_namespace: DEFAULT_NAMESPACE.into(),
             zstd_level: 3,
             target_file_size: 128 << 20,
-            row_group_rows: 1 << 20,
-            writer_tasks: 1,
+            row_group_rows: DEFAULT_ROW_GROUP_ROWS,
+            writer_tasks: default_writer_tasks(),
             queue_depth: 4,
+            partition_idle_batches: DEFAULT_PARTITION_IDLE_BATCHES,
+            max_open_partitions: DEFAULT_MAX_OPEN_PARTITIONS,
             commit_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(60),
             check_duplicate_files: false,
@@ -482,15 +527,45 @@ impl IcebergSinkConfig {
         self.target_file_size = bytes;
         self
     }
-    /// Maximum rows per Parquet row group (default 1,048,576).
+    /// Maximum rows per Parquet row group (default [`DEFAULT_ROW_GROUP_ROWS`],
+    /// 262,144). Every open data file buffers its row group in memory
+    /// (compressed pages plus one uncompressed page per column), and the
+    /// staging writer has one or two open per encoder task (two around a
+    /// partition change), compaction one per output.
     pub fn row_group_rows(mut self, rows: usize) -> Self {
         self.row_group_rows = rows;
         self
     }
-    /// Background encoder tasks per run (default 1). Each owns its own files;
-    /// more tasks encode in parallel at the price of more, smaller files.
+    /// Background encoder tasks per run (default [`default_writer_tasks`]:
+    /// one per core, at most [`MAX_DEFAULT_WRITER_TASKS`]). Each owns its own
+    /// files and buffers; more tasks encode in parallel at the price of more,
+    /// smaller files (a partition gets a file from every task that saw its
+    /// rows) and one more set of open row groups each.
     pub fn writer_tasks(mut self, n: usize) -> Self {
         self.writer_tasks = n;
+        self
+    }
+    /// The configured number of encoder tasks.
+    pub fn get_writer_tasks(&self) -> usize {
+        self.writer_tasks
+    }
+    /// Closes a partition's data file once this many consecutive input
+    /// batches of an encoder task brought no row for it (default
+    /// [`DEFAULT_PARTITION_IDLE_BATCHES`], at least 1). The input has then
+    /// moved past the partition (a window crossing midnight leaves the old
+    /// day behind), and its buffered row group is written out instead of
+    /// being held to the end of the window. Rows that do come back for it
+    /// go into another file: correct either way, one more file at worst.
+    pub fn partition_idle_batches(mut self, n: u64) -> Self {
+        self.partition_idle_batches = n;
+        self
+    }
+    /// At most this many partition files open per encoder task (default
+    /// [`DEFAULT_MAX_OPEN_PARTITIONS`], at least 1); opening one more closes
+    /// the least recently written. Bounds memory (each open file buffers a
+    /// row group) even when the input interleaves many partitions.
+    pub fn max_open_partitions(mut self, n: usize) -> Self {
+        self.max_open_partitions = n;
         self
     }
     /// Batches queued per encoder task before `write` waits (default 4): the
@@ -565,6 +640,12 @@ impl IcebergSinkConfig {
         }
         if self.queue_depth == 0 {
             return bad("queue_depth", "must be positive");
+        }
+        if self.partition_idle_batches == 0 {
+            return bad("partition_idle_batches", "must be positive");
+        }
+        if self.max_open_partitions == 0 {
+            return bad("max_open_partitions", "must be positive");
         }
         if self.commit_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts", "must be positive");

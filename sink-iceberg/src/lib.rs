@@ -18,7 +18,9 @@ mod writer;
 
 pub use commit::IcebergStaged;
 pub use config::{
-    CatalogBackend, CatalogConfig, DEFAULT_CATALOG_NAME, IcebergSinkConfig, S3Config, StorageConfig,
+    CatalogBackend, CatalogConfig, DEFAULT_CATALOG_NAME, DEFAULT_MAX_OPEN_PARTITIONS,
+    DEFAULT_PARTITION_IDLE_BATCHES, DEFAULT_ROW_GROUP_ROWS, IcebergSinkConfig, MAX_DEFAULT_WRITER_TASKS,
+    S3Config, StorageConfig, default_writer_tasks,
 };
 pub use error::IcebergSinkError;
 pub use maintain::{MaintenanceConfig, Step, StepHook};

@@ -1,6 +1,11 @@
 //! Staging: batches flow through a bounded channel to background encoder
 //! tasks that split them by partition and write rolling zstd Parquet files.
 
+mod partitions;
+mod props;
+
+pub(crate) use props::data_file_properties;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -16,55 +21,13 @@ use iceberg::writer::file_writer::location_generator::{
     DefaultLocationGenerator, FileNameGenerator, LocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::partitioning::PartitioningWriter;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use offload_core::{RunId, Staged, StagedStats, StagingWriter};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use offload_core::{RunId, SinkTable, Staged, StagedStats, StagingWriter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::schema::Conformer;
 use crate::{IcebergSinkError, IcebergStaged, IcebergTable};
-
-/// Turns Parquet's dictionary attempt off for top-level numeric, temporal and
-/// boolean columns. Prices, timestamps and sequence numbers are nearly unique,
-/// so the dictionary is built, found too large and thrown away for every page:
-/// profiling put that at ~19% of the engine's CPU on `bronze_trades`.
-/// Strings and nested columns keep dictionaries, where they pay.
-pub(crate) fn without_numeric_dictionaries(
-    mut props: parquet::file::properties::WriterPropertiesBuilder,
-    schema: &iceberg::spec::Schema,
-) -> parquet::file::properties::WriterPropertiesBuilder {
-    use iceberg::spec::{PrimitiveType as P, Type};
-    for field in schema.as_struct().fields() {
-        let numeric = matches!(
-            &*field.field_type,
-            Type::Primitive(
-                P::Boolean
-                    | P::Int
-                    | P::Long
-                    | P::Float
-                    | P::Double
-                    | P::Decimal { .. }
-                    | P::Date
-                    | P::Time
-                    | P::Timestamp
-                    | P::Timestamptz
-                    | P::TimestampNs
-                    | P::TimestamptzNs
-            )
-        );
-        if numeric {
-            props = props.set_column_dictionary_enabled(
-                parquet::schema::types::ColumnPath::from(field.name.as_str()),
-                false,
-            );
-        }
-    }
-    props
-}
 
 /// Every location handed out to a writer of one run, so `abort` and failures
 /// can delete exactly what this run created (also files still being written).
@@ -168,15 +131,17 @@ impl IcebergStagingWriter {
         run_id: RunId,
         attempt: u32,
     ) -> Result<Self, IcebergSinkError> {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(plan.zstd_level).map_err(
-                |e| IcebergSinkError::Config {
-                    field: "zstd_level",
-                    reason: e.to_string(),
-                },
-            )?))
-            .set_max_row_group_row_count(Some(plan.row_group_rows));
-        let props = without_numeric_dictionaries(props, &plan.schema).build();
+        let cfg = table.sink_config();
+        let watermark = [
+            table.config().timestamp_column(),
+            table.config().sequence_column(),
+        ];
+        let props =
+            data_file_properties(&plan.schema, watermark, plan.zstd_level, plan.row_group_rows)?.build();
+        let limits = partitions::Limits {
+            idle_batches: cfg.partition_idle_batches,
+            max_open: cfg.max_open_partitions,
+        };
         let tracker = FileTracker::default();
         let cancel = Arc::new(AtomicBool::new(false));
         let handle = tokio::runtime::Handle::current();
@@ -205,7 +170,7 @@ impl IcebergStagingWriter {
             // Parquet encoding and zstd are CPU-bound and iceberg's local-FS
             // storage does blocking I/O: keep both off the async workers.
             tasks.push(tokio::task::spawn_blocking(move || {
-                handle.block_on(encode(plan, builder, rx, cancel))
+                handle.block_on(encode(plan, builder, limits, rx, cancel))
             }));
             senders.push(tx);
         }
@@ -337,6 +302,7 @@ impl StagingWriter for IcebergStagingWriter {
 async fn encode<B>(
     plan: WritePlan,
     builder: B,
+    limits: partitions::Limits,
     mut rx: mpsc::Receiver<RecordBatch>,
     cancel: Arc<AtomicBool>,
 ) -> TaskResult
@@ -366,23 +332,32 @@ where
     }
 
     let splitter = Splitter::new(&plan).map_err(|e| ice("plan partitioning", e))?;
-    let mut writer = FanoutWriter::new(builder);
+    let mut writers = partitions::PartitionWriters::new(builder, limits);
     while let Some(batch) = rx.recv().await {
         if cancel.load(Ordering::Relaxed) {
             return Err(cancelled());
         }
         let batch = plan.conformer.conform(&batch)?;
-        for (key, part) in splitter.split(&batch).map_err(|e| ice("split by partition", e))? {
-            writer
-                .write(key, part)
-                .await
-                .map_err(|e| ice("write parquet", e))?;
-        }
+        let parts = splitter.split(&batch).map_err(|e| ice("split by partition", e))?;
+        writers
+            .write_batch(parts)
+            .await
+            .map_err(|e| ice("write parquet", e))?;
     }
     if cancel.load(Ordering::Relaxed) {
         return Err(cancelled());
     }
-    writer.close().await.map_err(|e| ice("close data files", e))
+    let (files, counts) = writers.close().await.map_err(|e| ice("close data files", e))?;
+    tracing::debug!(
+        table = %plan.ident,
+        files = files.len(),
+        opened = counts.opened,
+        closed_idle = counts.closed_idle,
+        evicted = counts.evicted,
+        max_open = counts.max_open_seen,
+        "partition writers closed"
+    );
+    Ok(files)
 }
 
 /// Splits a batch by partition value.

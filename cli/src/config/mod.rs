@@ -332,6 +332,12 @@ impl Config {
         if w.queue_depth == Some(0) {
             return Err(bad("iceberg.writer.queue_depth", "must be positive"));
         }
+        if w.partition_idle_batches == Some(0) {
+            return Err(bad("iceberg.writer.partition_idle_batches", "must be positive"));
+        }
+        if w.max_open_partitions == Some(0) {
+            return Err(bad("iceberg.writer.max_open_partitions", "must be positive"));
+        }
         Ok(())
     }
 }

@@ -110,16 +110,52 @@ pub struct WriterSection {
     pub zstd_level: Option<i32>,
     /// Size at which a data file is closed, in MiB (default 128).
     pub target_file_size_mib: Option<u64>,
-    /// Rows per Parquet row group (default 1048576).
+    /// Rows per Parquet row group (default 262144,
+    /// [`offload_sink_iceberg::DEFAULT_ROW_GROUP_ROWS`]).
     pub row_group_rows: Option<usize>,
-    /// Encoder tasks per run (default 1).
+    /// Encoder tasks per run, 1..=64 (default: one per core, at most 4,
+    /// [`offload_sink_iceberg::default_writer_tasks`]).
     pub writer_tasks: Option<usize>,
     /// Batches queued per encoder task before a write waits (default 4).
     pub queue_depth: Option<usize>,
+    /// Close a partition's data file after this many input batches of an
+    /// encoder task without rows for it (default 4,
+    /// [`offload_sink_iceberg::DEFAULT_PARTITION_IDLE_BATCHES`]).
+    pub partition_idle_batches: Option<u64>,
+    /// Partition files open at once per encoder task; one more closes the
+    /// least recently written (default 8,
+    /// [`offload_sink_iceberg::DEFAULT_MAX_OPEN_PARTITIONS`]).
+    pub max_open_partitions: Option<usize>,
     /// Staged files younger than this are never deleted by cleanup (default 24h).
     /// Must exceed your longest run. An alias of `[maintenance] orphan_grace`,
     /// which wins when both are set ([`Config::orphan_grace`](super::Config::orphan_grace)).
     pub orphan_grace: Option<Dur>,
     /// Re-read the manifests on each commit to refuse files already in the table (default false).
     pub check_duplicate_files: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_keys_parse_and_unset_keys_stay_unset() {
+        let w: WriterSection = toml::from_str(
+            "writer_tasks = 3\nqueue_depth = 2\npartition_idle_batches = 6\nmax_open_partitions = 16\nrow_group_rows = 262144",
+        )
+        .unwrap();
+        assert_eq!(w.writer_tasks, Some(3));
+        assert_eq!(w.queue_depth, Some(2));
+        assert_eq!(w.partition_idle_batches, Some(6));
+        assert_eq!(w.max_open_partitions, Some(16));
+        assert_eq!(w.row_group_rows, Some(262_144));
+        let empty: WriterSection = toml::from_str("").unwrap();
+        assert_eq!(empty.partition_idle_batches, None);
+        assert_eq!(empty.max_open_partitions, None);
+        assert_eq!(empty.writer_tasks, None, "the sink picks from the machine");
+        assert!(
+            toml::from_str::<WriterSection>("max_open = 3").is_err(),
+            "unknown keys are refused"
+        );
+    }
 }

@@ -34,11 +34,8 @@ use iceberg::table::Table;
 use iceberg::transform::create_transform_function;
 use iceberg::writer::file_writer::location_generator::DefaultLocationGenerator;
 use offload_core::{RunId, SinkTable};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use super::{MaintenanceConfig, files};
-use crate::writer::without_numeric_dictionaries;
 use crate::{IcebergSinkError, IcebergTable, markers};
 
 /// Manifests loaded at once while planning.
@@ -261,21 +258,15 @@ pub(crate) async fn rewrite(
     }
 
     let sink = table.sink_config();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(sink.zstd_level).map_err(
-            |e| IcebergSinkError::Config {
-                field: "zstd_level",
-                reason: e.to_string(),
-            },
-        )?))
-        .set_max_row_group_row_count(Some(sink.row_group_rows))
-        // The rolling writer measures a file by what is flushed plus what is
-        // buffered, and a page is buffered uncompressed: pages well below the
-        // target keep that estimate near the compressed size (1 MiB, Parquet's
-        // default, from 16 MiB targets up).
-        .set_data_page_size_limit(page_bytes(cfg.target_file_size))
-        .set_dictionary_page_size_limit(page_bytes(cfg.target_file_size));
-    let props = without_numeric_dictionaries(props, &schema).build();
+    let props =
+        crate::writer::data_file_properties(&schema, [&ts, &seq], sink.zstd_level, sink.row_group_rows)?
+            // The rolling writer measures a file by what is flushed plus what is
+            // buffered, and a page is buffered uncompressed: pages well below the
+            // target keep that estimate near the compressed size (1 MiB, Parquet's
+            // default, from 16 MiB targets up).
+            .set_data_page_size_limit(page_bytes(cfg.target_file_size))
+            .set_dictionary_page_size_limit(page_bytes(cfg.target_file_size));
+    let props = props.build();
     // Output batches of about a quarter of the target on storage, so a file
     // overshoots its target by at most that much.
     let row_bytes = (plan.bytes / plan.rows.max(1)).max(1);
