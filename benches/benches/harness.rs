@@ -15,8 +15,8 @@
 //!    (diagnostic: where the engine's read side stands);
 //! 1. `engine`: this engine, ClickHouse -> committed Iceberg (SQLite catalog,
 //!    local files, zstd-3 Parquet, day partitions), one `Offloader::run_once`;
-//!    `engine-system-alloc`: the same on the system allocator instead of
-//!    mimalloc (the `offload` program's; every child picks one from
+//!    `engine-mimalloc`: the same on mimalloc instead of the system allocator
+//!    (the `offload` program's; every child picks one from
 //!    `OFFLOAD_BENCH_ALLOCATOR`, see `offload_benches::alloc`), and with
 //!    `--rss-rows` also the RSS check on it;
 //!    `memory`: the same engine and sink fed from Arrow batches already in
@@ -44,8 +44,8 @@ mod maintain;
 #[path = "harness/wide.rs"]
 mod wide;
 
-// mimalloc like the `offload` program, or the system allocator in a child
-// started with OFFLOAD_BENCH_ALLOCATOR=system (row 1s).
+// The system allocator like the `offload` program, or mimalloc in a child
+// started with OFFLOAD_BENCH_ALLOCATOR=mimalloc (row 1m).
 #[global_allocator]
 static GLOBAL: offload_benches::alloc::Selectable = offload_benches::alloc::Selectable;
 
@@ -78,7 +78,7 @@ enum System {
     Ceiling,
     Source,
     Engine,
-    EngineSystemAlloc,
+    EngineMimalloc,
     EngineDefaults,
     Memory,
     Clickhouse,
@@ -111,7 +111,7 @@ impl System {
         System::Ceiling,
         System::Source,
         System::Engine,
-        System::EngineSystemAlloc,
+        System::EngineMimalloc,
         System::EngineDefaults,
         System::Memory,
         System::Clickhouse,
@@ -126,7 +126,7 @@ impl System {
             System::Ceiling => "0  ceiling: ArrowStream read, discarded",
             System::Source => "0b source: read + decode + convert, discarded",
             System::Engine => "1  offload: ClickHouse -> Iceberg",
-            System::EngineSystemAlloc => "1s offload, system allocator (1: mimalloc)",
+            System::EngineMimalloc => "1m offload, mimalloc (1: system allocator)",
             System::EngineDefaults => "1d offload, all defaults (1 task, lz4)",
             System::Memory => "1b offload: in-memory Arrow -> Iceberg",
             System::Clickhouse => "2  ClickHouse INSERT INTO IcebergLocal",
@@ -147,7 +147,7 @@ impl System {
             System::Ceiling => "ceiling",
             System::Source => "source",
             System::Engine => "engine",
-            System::EngineSystemAlloc => "engine-system-alloc",
+            System::EngineMimalloc => "engine-mimalloc",
             System::EngineDefaults => "engine-defaults",
             System::Memory => "memory",
             System::Clickhouse => "clickhouse",
@@ -435,7 +435,7 @@ async fn child(system: System, args: &Args) -> Result<Value, BoxError> {
             }
             Ok(timer.stop(rows, json!({})))
         }
-        System::Engine | System::EngineSystemAlloc | System::EngineDefaults => {
+        System::Engine | System::EngineMimalloc | System::EngineDefaults => {
             let sink = sink(args, out).await?;
             let store = FileStore::open(out.join("watermarks"))?;
             let engine = Offloader::builder(
@@ -1002,31 +1002,31 @@ fn parent(args: Args) -> Result<(), BoxError> {
             run.client_peak_rss >> 20
         );
         let _ = std::fs::remove_dir_all(setup.run_dir.join("engine-rss"));
-        // The same window on the system allocator, when row 1s is run.
-        let system_alloc = if systems.contains(&System::EngineSystemAlloc) {
+        // The same window on mimalloc, when row 1m is run.
+        let mimalloc = if systems.contains(&System::EngineMimalloc) {
             let run = run_system(
                 &args,
                 &setup,
-                System::EngineSystemAlloc,
+                System::EngineMimalloc,
                 RSS_TABLE,
-                "engine-rss-system",
+                "engine-rss-mimalloc",
             )?;
             eprintln!(
-                "[rss] engine on {rss_rows} rows, system allocator: {:.3} s, peak RSS {} MiB",
+                "[rss] engine on {rss_rows} rows, mimalloc: {:.3} s, peak RSS {} MiB",
                 run.seconds,
                 run.client_peak_rss >> 20
             );
-            let _ = std::fs::remove_dir_all(setup.run_dir.join("engine-rss-system"));
+            let _ = std::fs::remove_dir_all(setup.run_dir.join("engine-rss-mimalloc"));
             Some(run)
         } else {
             None
         };
-        Some((run, system_alloc))
+        Some((run, mimalloc))
     } else {
         None
     };
-    let (rss_run, rss_system_alloc) = rss_run.unzip();
-    let rss_system_alloc = rss_system_alloc.flatten();
+    let (rss_run, rss_mimalloc) = rss_run.unzip();
+    let rss_mimalloc = rss_mimalloc.flatten();
     let load_after = procfs::load_average();
 
     let summary = summarise(
@@ -1089,7 +1089,7 @@ fn parent(args: Args) -> Result<(), BoxError> {
         "wide": wide,
         "backfill": backfill,
         "rss_check": rss_run.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
-        "rss_check_system_allocator": rss_system_alloc.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
+        "rss_check_mimalloc": rss_mimalloc.as_ref().map(|r| json!({ "rows": rss_rows, "run": r.to_json() })),
         "runs": runs.iter().map(Run::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&document)? + "\n")?;
@@ -1148,8 +1148,8 @@ fn child_command(
         _ => {
             let defaults = system == System::EngineDefaults;
             let mut c = Command::new(std::env::current_exe()?);
-            if system == System::EngineSystemAlloc {
-                c.env(offload_benches::alloc::ALLOCATOR_ENV, "system");
+            if system == System::EngineMimalloc {
+                c.env(offload_benches::alloc::ALLOCATOR_ENV, "mimalloc");
             } else {
                 c.env_remove(offload_benches::alloc::ALLOCATOR_ENV);
             }
@@ -1247,12 +1247,12 @@ fn run_system(args: &Args, setup: &Setup, system: System, table: &str, tag: &str
     } = spawn_child(setup, system, command)?;
     let number = |k: &str| raw[k].as_f64().unwrap_or(0.0);
     let rows = raw["rows"].as_u64().unwrap_or(0);
-    // Row 1s compares allocators: make sure each child ran on the one asked for.
+    // Row 1m compares allocators: make sure each child ran on the one asked for.
     if let Some(allocator) = raw["allocator"].as_str() {
-        let wanted = if system == System::EngineSystemAlloc {
-            "system"
-        } else {
+        let wanted = if system == System::EngineMimalloc {
             "mimalloc"
+        } else {
+            "system"
         };
         if allocator != wanted {
             return Err(format!("{}: ran on {allocator}, not {wanted}", system.name()).into());

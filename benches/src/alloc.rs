@@ -1,6 +1,6 @@
 //! A global allocator chosen per process by an environment variable, so one
-//! harness binary can measure the engine under the system allocator and under
-//! mimalloc (the `offload` program's default) in the same run.
+//! harness binary can measure the engine under the system allocator (the
+//! `offload` program's) and under mimalloc in the same run.
 //!
 //! The choice is made once, at the first allocation, from
 //! [`ALLOCATOR_ENV`] read with `libc::getenv` (which does not allocate: the
@@ -12,9 +12,9 @@
 //! #[global_allocator]
 //! static GLOBAL: offload_benches::alloc::Selectable = offload_benches::alloc::Selectable;
 //!
-//! // A child started with OFFLOAD_BENCH_ALLOCATOR=system runs on the system allocator.
+//! // A child started with OFFLOAD_BENCH_ALLOCATOR=mimalloc runs on mimalloc.
 //! let child = std::process::Command::new(std::env::current_exe()?)
-//!     .env(offload_benches::alloc::ALLOCATOR_ENV, "system")
+//!     .env(offload_benches::alloc::ALLOCATOR_ENV, "mimalloc")
 //!     .spawn()?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -22,8 +22,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// The environment variable naming the allocator: `system` for the system
-/// allocator (glibc malloc); anything else, or unset, for mimalloc.
+/// The environment variable naming the allocator: `mimalloc` for mimalloc;
+/// anything else, or unset, for the system allocator (glibc malloc).
 pub const ALLOCATOR_ENV: &str = "OFFLOAD_BENCH_ALLOCATOR";
 /// [`ALLOCATOR_ENV`] as the C string `getenv` takes.
 const ALLOCATOR_ENV_C: &std::ffi::CStr = c"OFFLOAD_BENCH_ALLOCATOR";
@@ -57,8 +57,8 @@ impl Choice {
 /// The allocator this process uses (deciding it now if nothing allocated yet).
 pub fn choice() -> Choice {
     match decide() {
-        SYSTEM => Choice::System,
-        _ => Choice::Mimalloc,
+        MIMALLOC => Choice::Mimalloc,
+        _ => Choice::System,
     }
 }
 
@@ -73,10 +73,10 @@ fn decide() -> u8 {
     // first allocation reading the same environment).
     let wanted = unsafe {
         let v = libc::getenv(ALLOCATOR_ENV_C.as_ptr());
-        if !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"system" {
-            SYSTEM
-        } else {
+        if !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"mimalloc" {
             MIMALLOC
+        } else {
+            SYSTEM
         }
     };
     // The first thread to decide wins; a racing one takes its answer, so the
@@ -99,8 +99,8 @@ unsafe impl GlobalAlloc for Selectable {
         // SAFETY: the caller's contract, forwarded.
         unsafe {
             match decide() {
-                SYSTEM => System.alloc(layout),
-                _ => mimalloc::MiMalloc.alloc(layout),
+                MIMALLOC => mimalloc::MiMalloc.alloc(layout),
+                _ => System.alloc(layout),
             }
         }
     }
@@ -109,8 +109,8 @@ unsafe impl GlobalAlloc for Selectable {
         // SAFETY: as above.
         unsafe {
             match decide() {
-                SYSTEM => System.alloc_zeroed(layout),
-                _ => mimalloc::MiMalloc.alloc_zeroed(layout),
+                MIMALLOC => mimalloc::MiMalloc.alloc_zeroed(layout),
+                _ => System.alloc_zeroed(layout),
             }
         }
     }
@@ -119,8 +119,8 @@ unsafe impl GlobalAlloc for Selectable {
         // SAFETY: as above; `ptr` came from the same allocator.
         unsafe {
             match decide() {
-                SYSTEM => System.dealloc(ptr, layout),
-                _ => mimalloc::MiMalloc.dealloc(ptr, layout),
+                MIMALLOC => mimalloc::MiMalloc.dealloc(ptr, layout),
+                _ => System.dealloc(ptr, layout),
             }
         }
     }
@@ -129,8 +129,8 @@ unsafe impl GlobalAlloc for Selectable {
         // SAFETY: as above.
         unsafe {
             match decide() {
-                SYSTEM => System.realloc(ptr, layout, new_size),
-                _ => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
+                MIMALLOC => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
+                _ => System.realloc(ptr, layout, new_size),
             }
         }
     }

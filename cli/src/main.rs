@@ -17,13 +17,9 @@ use clap::{Parser, Subcommand};
 use offload_cli::app::init_logging;
 use offload_cli::commands::{cleanup, maintain, reconcile, run, status};
 
-// The engine allocates and frees column buffers for every batch (decode,
-// partition split, Parquet pages) on several threads; the harness compares
-// mimalloc with glibc malloc on the same window (row 1s, benches/README.md).
-// The `mimalloc` feature (default) can be turned off for the system allocator.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// No #[global_allocator]: the system allocator (glibc malloc). mimalloc took
+// 16-33% more CPU and more peak RSS on the same window (harness row 1m,
+// benches/README.md "Allocator (row 1m)"), so the program does not use it.
 
 #[derive(Parser, Debug)]
 #[command(
