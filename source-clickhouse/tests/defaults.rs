@@ -222,6 +222,7 @@ async fn auto_compression_is_none_on_loopback_and_lz4_stays_available() {
     for (choice, want) in [
         (None, Compression::None),
         (Some(Compression::Auto), Compression::None),
+        #[cfg(feature = "lz4")]
         (Some(Compression::Lz4), Compression::Lz4),
         (Some(Compression::None), Compression::None),
     ] {
@@ -245,7 +246,7 @@ async fn auto_compression_is_none_on_loopback_and_lz4_stays_available() {
             .lines()
             .any(|l| l.starts_with("accept-encoding:") && l.contains("lz4"));
         let compressed = responses.contains("content-encoding: lz4");
-        let lz4 = want == Compression::Lz4;
+        let lz4 = want != Compression::None;
         assert_eq!((asked, compressed), (lz4, lz4), "{choice:?}: {requests}");
     }
     assert!(
