@@ -33,6 +33,10 @@
 //!    fifths of the rows, each maintained in a child of its own
 //!    (`harness/maintain.rs`).
 //!
+//! `wide` (not in the default set): the seed's silver table and a 50-column
+//! table, each with the ceiling, the engine with every default and
+//! ClickHouse's writer (`harness/wide.rs`).
+//!
 //! Every output is read back through ClickHouse (`icebergLocal`) and checked
 //! (row count and a content hash over every column) before its time counts.
 //! See the package README for the reading of the numbers.
