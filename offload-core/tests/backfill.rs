@@ -242,3 +242,66 @@ async fn run_every_goes_on_at_once_while_a_table_is_behind() {
     assert_eq!(w.sink.rows("behind").len(), 2 * 30);
     assert_eq!(w.sink.rows("current").len(), 2 * 3);
 }
+
+/// Gauges by name and labels, as a recorder sees them.
+#[derive(Default)]
+struct Gauges(std::sync::Mutex<std::collections::HashMap<String, f64>>);
+
+struct Gauge(String, Arc<Gauges>);
+
+impl metrics::GaugeFn for Gauge {
+    fn increment(&self, v: f64) {
+        *self.1.0.lock().unwrap().entry(self.0.clone()).or_default() += v;
+    }
+    fn decrement(&self, v: f64) {
+        self.increment(-v);
+    }
+    fn set(&self, v: f64) {
+        self.1.0.lock().unwrap().insert(self.0.clone(), v);
+    }
+}
+
+struct Recorder(Arc<Gauges>);
+
+impl metrics::Recorder for Recorder {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(Arc::new(Gauge(key.name().to_owned(), self.0.clone())))
+    }
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn the_backlog_gauges_follow_the_runs() {
+    let gauges = Arc::new(Gauges::default());
+    let recorder = Recorder(gauges.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let get = |name: &str| gauges.0.lock().unwrap().get(name).copied();
+    let (backlog, eta) = (
+        offload_core::metrics::BACKLOG_SECONDS,
+        offload_core::metrics::BACKLOG_ETA_SECONDS,
+    );
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let w = World::new(|s| s);
+            w.source.insert("t", &rows(T0, T0 + 3 * HOUR, MINUTE));
+            let first = w.engine.run_once(&table("t")).await.unwrap();
+            assert_eq!(get(backlog), Some(first.backlog.as_secs_f64()));
+            assert!(get(backlog).unwrap() > 3600.0, "{first:?}");
+            assert_eq!(get(eta), first.eta.map(|e| e.as_secs_f64()));
+            w.drain(&table("t")).await;
+        })
+    });
+    assert_eq!(get(backlog), Some(0.0), "caught up");
+    assert_eq!(get(eta), Some(0.0));
+}
