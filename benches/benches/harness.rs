@@ -131,7 +131,7 @@ impl System {
             System::Source => "0b source: read + decode + convert, discarded",
             System::Engine => "1  offload: ClickHouse -> Iceberg",
             System::EngineMimalloc => "1m offload, mimalloc (1: system allocator)",
-            System::EngineDefaults => "1d offload, all defaults (1 task, lz4)",
+            System::EngineDefaults => "1d offload, all defaults (tasks per core, lz4)",
             System::Memory => "1b offload: in-memory Arrow -> Iceberg",
             System::Clickhouse => "2  ClickHouse INSERT INTO IcebergLocal",
             System::ClickhouseDefaults => "2d ClickHouse INSERT, default threads",
@@ -203,8 +203,9 @@ struct Args {
     /// HTTP compression between ClickHouse and the readers (ceiling, source, engine).
     #[arg(long, value_enum, default_value = "none")]
     wire: Wire,
-    /// The Iceberg sink's background encoder tasks for row 1 (the sink's
-    /// default, used by row 1d, is 1; two use both cores for Parquet
+    /// The Iceberg sink's background encoder tasks for row 1 (row 1d uses
+    /// the sink's default, `offload_sink_iceberg::default_writer_tasks()`:
+    /// one per core, at most 4; two use both cores here for Parquet
     /// encoding, at the price of two files per partition).
     #[arg(long, default_value_t = 2)]
     writer_tasks: usize,
@@ -1143,6 +1144,7 @@ fn child_command(
 ) -> Result<Command, BoxError> {
     let source_settings = source_settings(args);
     let writer_tasks = args.writer_tasks.to_string();
+    let default_tasks = offload_sink_iceberg::default_writer_tasks().to_string();
     let mut command = match system {
         System::Pyiceberg => {
             let mut c = Command::new(offload_testkit::venv_python());
@@ -1165,7 +1167,10 @@ fn child_command(
             };
             c.args(["--child", system.name()])
                 .args(["--wire", &wire])
-                .args(["--writer-tasks", if defaults { "1" } else { &writer_tasks }])
+                .args([
+                    "--writer-tasks",
+                    if defaults { &default_tasks } else { &writer_tasks },
+                ])
                 .args(["--batch-size", &args.batch_size.to_string()])
                 .args(["--maintain-windows", &args.maintain_windows.to_string()])
                 .args([

@@ -17,10 +17,10 @@
 //! | `ipc` | arrow-ipc decodes the body (no conversion): the floor under `decode` |
 //! | `decode` | `ArrowStreamDecoder::decode`: IPC decode + type mapping + re-cut into 65,536-row batches, from ClickHouse's default blocks and from blocks of the batch size |
 //! | `convert` | `ArrowStreamDecoder::convert` on the wire batches: the type mapping/casts alone |
-//! | `parquet` | arrow-rs `ArrowWriter`, zstd-3, into memory: the encoder alone, no Iceberg |
+//! | `parquet` | arrow-rs `ArrowWriter`, zstd-3, into memory: the encoder alone, no Iceberg; the sink's properties (`sink`) against the alternatives |
 //! | `stage` | the Iceberg table's `begin` / `write` / `finish`: partition split + zstd-3 Parquet files in the table's layout, not committed |
 //! | `commit` | `Staged::commit` of one staged window (two day partitions, two files) on a SQLite catalog |
-//! | `memory_to_iceberg` | `Offloader::run_once` from Arrow batches in memory to a committed Iceberg table (fresh table each time), with the sink's default one encoder task and with two |
+//! | `memory_to_iceberg` | `Offloader::run_once` from Arrow batches in memory to a committed Iceberg table (fresh table each time), with one encoder task and with two (the sink's default on two cores) |
 
 use std::path::Path;
 use std::sync::Arc;
@@ -442,11 +442,15 @@ fn benches(c: &mut Criterion) {
     check_columns(&f);
 }
 
-/// Writer properties to compare: the sink's (arrow-rs defaults plus zstd-3
-/// and 1Mi-row row groups), the same without dictionaries on numeric columns
+/// Writer properties to compare. `sink` is what the sink writes with
+/// (`sink-iceberg/src/writer/props.rs`, `data_file_properties`, also used by
+/// compaction): zstd-3, 1Mi-row row groups, no dictionary on numeric columns
 /// (they rarely repeat; arrow-rs tries a dictionary on every column until it
-/// overflows), and that plus `DELTA_BINARY_PACKED` on the two watermark
-/// columns, which arrive sorted — all a sink knows from its `TableConfig`.
+/// overflows) and `DELTA_BINARY_PACKED` on the two watermark columns, which
+/// arrive sorted — all a sink knows from its `TableConfig`. The others are
+/// the alternatives it was chosen over: arrow-rs's defaults (dictionaries
+/// everywhere, the sink before), dictionaries off alone, delta on every
+/// integer column, and smaller row groups (less buffered per open file).
 fn parquet_variants(
     schema: &arrow_schema::SchemaRef,
     table: &TableConfig,
@@ -466,27 +470,35 @@ fn parquet_variants(
         .filter(|f| f.data_type().is_primitive() || matches!(f.data_type(), DataType::Decimal128(..)))
         .map(|f| ColumnPath::from(f.name().as_str()))
         .collect();
+    // Physical INT32/INT64 in Parquet (a UInt64 mapped to Decimal(20, 0) is not one).
+    let integer = |f: &arrow_schema::Field| {
+        matches!(
+            f.data_type(),
+            DataType::Int32 | DataType::Int64 | DataType::Timestamp(..) | DataType::Date32
+        ) || matches!(f.data_type(), DataType::Decimal128(p, _) if *p <= 18)
+    };
     let mut no_dict = base();
     for c in &numeric {
         no_dict = no_dict.set_column_dictionary_enabled(c.clone(), false);
     }
-    let mut delta = no_dict.clone();
+    let mut sink = no_dict.clone();
     for c in [table.timestamp_column(), table.sequence_column()] {
-        // Only physical integers (a UInt64 mapped to Decimal(20, 0) is not one).
-        let integer = schema.field_with_name(c).is_ok_and(|f| {
-            matches!(
-                f.data_type(),
-                DataType::Int32 | DataType::Int64 | DataType::Timestamp(..)
-            )
-        });
-        if integer {
-            delta = delta.set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+        if schema.field_with_name(c).is_ok_and(&integer) {
+            sink = sink.set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
         }
     }
+    let mut delta_all = no_dict.clone();
+    for f in schema.fields().iter().filter(|f| integer(f)) {
+        delta_all =
+            delta_all.set_column_encoding(ColumnPath::from(f.name().as_str()), Encoding::DELTA_BINARY_PACKED);
+    }
+    let small_groups = sink.clone().set_max_row_group_row_count(Some(256 << 10));
     vec![
-        ("sink", base().build()),
+        ("all_dictionaries", base().build()),
         ("no_dict_numbers", no_dict.build()),
-        ("no_dict_numbers_delta_watermark", delta.build()),
+        ("sink", sink.build()),
+        ("sink_delta_all_integers", delta_all.build()),
+        ("sink_256ki_row_groups", small_groups.build()),
     ]
 }
 
