@@ -11,9 +11,9 @@
 //!
 //! `demo [--seconds N] [--rows N] [--dir PATH] [--offload PATH]`
 //!
-//! Without `--offload`, the demo builds the program first
-//! (`cargo build -p offload-cli --bin offload`) and runs the binary next to
-//! its own target directory.
+//! Without `--offload`, the demo builds the program first, in the profile the
+//! demo itself was built in (`cargo build --profile <it> -p offload-cli --bin
+//! offload`), and runs the binary next to its own target directory.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -136,22 +136,31 @@ fn offload_binary(given: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error:
     if let Some(p) = given {
         return Ok(p);
     }
+    // This demo runs from <target>/<profile dir>/examples/demo; the program is
+    // built in the same profile (`bash scripts/demo.sh` uses release, so the
+    // rates it prints are the engine's real ones) and found beside it.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("the demo is not in a cargo target directory: pass --offload")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("building the offload program (cargo build -p offload-cli --bin offload)");
+    println!("building the offload program (cargo build --profile {profile} -p offload-cli --bin offload)");
     let status = Command::new(cargo)
-        .args(["build", "--locked", "-q", "-p", "offload-cli", "--bin", "offload"])
+        .args(["build", "--locked", "-q", "--profile", &profile])
+        .args(["-p", "offload-cli", "--bin", "offload"])
         .status()?;
     if !status.success() {
         return Err(format!("cargo build -p offload-cli: {status}").into());
     }
-    // This demo runs from <target>/<profile>/examples/demo; the program is <target>/<profile>/offload.
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("offload"))
-        .filter(|p| p.exists())
-        .ok_or("the offload binary is not beside this demo's target directory: pass --offload")?;
+    let bin = profile_dir.join("offload");
+    if !bin.exists() {
+        return Err("the offload binary is not beside this demo's target directory: pass --offload".into());
+    }
     Ok(bin)
 }
 
