@@ -761,6 +761,47 @@ async fn a_paused_worker_cannot_commit_a_stale_window() {
     assert_eq!(v.rows, 60_500);
 }
 
+/// SIGTERM (what systemd and Kubernetes send) while a window is being staged:
+/// the program abandons the window before its commit, says so, and exits 0,
+/// a graceful stop rather than a failure; nothing of the window landed, and
+/// the next run takes it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_staging_abandons_the_window_and_exits_cleanly() {
+    let mut s = Lake::new("sigterm_staging", Catalog::Sqlite, Store::Postgres);
+    // Many small batches: staging goes on for a while after the first one, so
+    // the shutdown (delivered the moment the process is continued) is seen
+    // before the commit.
+    s.batch_size = 500;
+    s.insert(0, 100_000, 5, 5_000);
+    let cfg = s.write_config("a.toml", "2s", None);
+    let log = "sigterm.log";
+    let mut child = s.spawn(&cfg, Some("sink.write.after:stop"), log);
+    support::wait_stopped(&mut child, &s.dir.join(log));
+    let before = s.state().await;
+    // SAFETY: plain kill(2) on our own child's pid. Pending while it is stopped,
+    // delivered when it continues.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    support::resume(&child);
+    let r = s.collect(child, log);
+    assert!(
+        r.status.success(),
+        "a shutdown is not a failure: {}",
+        r.describe()
+    );
+    assert!(
+        r.stdout.contains("stopped by shutdown before its commit") && !r.stdout.contains(" rows in "),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        s.state().await,
+        before,
+        "the abandoned window changed the table or store"
+    );
+    let v = s.verify(false).await;
+    assert_eq!(v.rows, 100_000);
+}
+
 // ---------------------------------------------------------------------------
 // Maintenance (issue #13): `offload maintain` killed at each of its steps, and
 // raced against offload runs, sweeps and another maintain.

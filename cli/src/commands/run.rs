@@ -54,6 +54,14 @@ pub fn report(results: &[TableResult]) -> bool {
                 None => println!("{table}: nothing new"),
             },
             Err(Error::LeaseHeld { holder, .. }) => println!("{table}: skipped, held by {holder}"),
+            // A shutdown (Ctrl-C, SIGTERM) abandons a window that has not begun
+            // to commit: nothing of it landed, the next run takes it again. That
+            // is the graceful stop systemd and Kubernetes ask for, not a failure.
+            Err(Error::Cancelled) => {
+                println!(
+                    "{table}: stopped by shutdown before its commit; nothing committed, the next run takes the window again"
+                )
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("{table}: FAILED ({}): {e}", e.kind());
