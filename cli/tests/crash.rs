@@ -1153,8 +1153,9 @@ async fn maintain_races(name: &str, catalog: Catalog, rounds: usize) {
         );
         let got = s.maintain_ok(&[]);
         eprintln!("[{name}] round {round} (c): {got:?}");
+        let compacted = s.live_paths_in(&part).await;
         assert_eq!(
-            s.live_files_in(&part).await,
+            compacted.len(),
             1,
             "(c) maintain did not compact {part}, the frozen repair's partition: {got:?}"
         );
@@ -1166,7 +1167,13 @@ async fn maintain_races(name: &str, catalog: Catalog, rounds: usize) {
             "(c) the repair did not land: {}",
             r.describe()
         );
-        assert_eq!(s.live_files_in(&part).await, 2, "(c) the repair's file in {part}");
+        // The compacted file stays beside the repair's own (one per encoder
+        // task its batches reached: the count depends on the machine's cores).
+        let after = s.live_paths_in(&part).await;
+        assert!(
+            after.len() >= 2 && after.contains(&compacted[0]),
+            "(c) {part} after the repair: {after:?}, compacted {compacted:?}"
+        );
         judge(&s, &feed, &format!("{name} round {round} (c)")).await;
 
         // (d) two maintains: one frozen after writing its new metadata file

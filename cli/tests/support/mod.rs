@@ -1024,22 +1024,29 @@ impl Lake {
     /// Live data files of the table's current snapshot whose path lies in
     /// a partition directory containing `part` (e.g. `ts_hour=2026-12-01-13`).
     pub async fn live_files_in(&self, part: &str) -> usize {
+        self.live_paths_in(part).await.len()
+    }
+
+    /// The paths of the live data files in partition directory `part`.
+    pub async fn live_paths_in(&self, part: &str) -> Vec<String> {
         let app = self.app().await;
         let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
         let Some(snap) = t.metadata().current_snapshot() else {
-            return 0;
+            return Vec::new();
         };
         let list = t.manifest_list_reader(snap).load().await.unwrap();
-        let mut n = 0;
+        let mut paths = Vec::new();
         for m in list.entries() {
             let manifest = m.load_manifest(t.file_io()).await.unwrap();
-            n += manifest
-                .entries()
-                .iter()
-                .filter(|e| e.is_alive() && e.data_file().file_path().contains(&format!("/{part}/")))
-                .count();
+            paths.extend(
+                manifest
+                    .entries()
+                    .iter()
+                    .filter(|e| e.is_alive() && e.data_file().file_path().contains(&format!("/{part}/")))
+                    .map(|e| e.data_file().file_path().to_owned()),
+            );
         }
-        n
+        paths
     }
 }
 
