@@ -583,6 +583,16 @@ class Handler(BaseHTTPRequestHandler):
         with st.mutex:
             st.commits["received"] += 1
         entry = {"table": table, "requirements": [], "updates": [], "applied": False}
+        logged = []
+
+        def log():
+            # Before the answer goes out: a client that reads /_test/stats
+            # right after its commit returned must find the commit's entry.
+            if not logged:
+                logged.append(True)
+                with st.mutex:
+                    st.commit_log.append(entry)
+
         try:
             body = self.json_body()
             if body.get("identifier") is not None and parse_ident(body["identifier"], "identifier") != (*ns, name):
@@ -613,6 +623,7 @@ class Handler(BaseHTTPRequestHandler):
                     entry["status"] = fault.status
                     with st.mutex:
                         st.commits["faults_before"] += 1
+                    log()
                     return self.answer_fault(fault)
                 try:
                     result = self.apply_commit(ns, name, requirements, updates, entry)
@@ -624,14 +635,17 @@ class Handler(BaseHTTPRequestHandler):
                     entry["status"] = fault.status
                     with st.mutex:
                         st.commits["faults_after"] += 1
+                    log()
                     return self.answer_fault(fault)
             entry["status"] = 200
+            log()
             self.send(200, result)
         except HttpError as e:
             entry["status"] = e.code
             entry["error"] = e.message
             with st.mutex:
                 st.commits["conflicts" if e.code == 409 else "failed"] += 1
+            log()
             self.send_error_model(e)
         except Exception as e:  # a backend failure (or a bug): the outcome is unknown
             traceback.print_exc(file=sys.stderr)
@@ -639,10 +653,10 @@ class Handler(BaseHTTPRequestHandler):
             entry["error"] = f"{type(e).__name__}: {e}"
             with st.mutex:
                 st.commits["failed"] += 1
+            log()
             self.send_error_model(HttpError(500, "CommitStateUnknownException", entry["error"]))
         finally:
-            with st.mutex:
-                st.commit_log.append(entry)
+            log()
 
     def apply_commit(self, ns, name, requirements, updates, entry):
         """Runs under the write lock."""
