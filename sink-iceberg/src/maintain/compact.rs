@@ -337,6 +337,23 @@ pub(crate) async fn delete_outputs(current: &Table, rewrite: &Rewrite) {
     files::delete_all(current.file_io(), keys, || ()).await;
 }
 
+/// Whether every file of `plan` is still live on `current`'s main: a plan
+/// made on an earlier snapshot is only rewritten if nothing replaced its files.
+pub(super) async fn still_live(current: &Table, plan: &PartitionPlan) -> Result<bool, IcebergSinkError> {
+    let Some(snapshot) = current.metadata().snapshot_for_ref(MAIN_BRANCH) else {
+        return Ok(false);
+    };
+    let Some(live) = crate::manifests::live_files(current, snapshot).await? else {
+        return Ok(false);
+    };
+    let paths: HashSet<&str> = live
+        .entries
+        .iter()
+        .map(|e| e.entry.data_file().file_path())
+        .collect();
+    Ok(plan.files.iter().all(|f| paths.contains(f.file_path())))
+}
+
 /// Scan tasks (iceberg's own planning, so name mapping and the like apply)
 /// for the plan's files, reading every column of the current schema with no
 /// row filter. Planning is pruned to the files' timestamp range (the union of

@@ -33,10 +33,26 @@ impl IcebergTable {
         cfg: &MaintenanceConfig,
     ) -> Result<MaintenanceSummary, IcebergSinkError> {
         let mut report = MaintenanceSummary::default();
-        let Some(current) = self.load_if_exists().await? else {
+        let Some(mut current) = self.load_if_exists().await? else {
             return Ok(report);
         };
-        for plan in compact::plan(self, &current, cfg).await? {
+        let plans = compact::plan(self, &current, cfg).await?;
+        for (i, plan) in plans.into_iter().enumerate() {
+            if i > 0 {
+                // Main has moved since the plan (our previous replace, or a
+                // concurrent maintain's, whose expiry may already have deleted
+                // the manifests of the snapshot we planned on): read the inputs
+                // from main as it is now, and only if they are all still live there.
+                let Some(now) = self.load_if_exists().await? else {
+                    break;
+                };
+                current = now;
+                if !compact::still_live(&current, &plan).await? {
+                    tracing::info!(table = %self.ident(), "compaction of a partition abandoned: another maintain replaced its files");
+                    report.conflicts_retried += 1;
+                    continue;
+                }
+            }
             let rewrite = compact::rewrite(self, &current, &plan, cfg).await?;
             cfg.step(Step::OutputsWritten);
             let outcome = replace::commit(self, replace::ReplacePlan::compaction(&rewrite), cfg).await;
