@@ -19,7 +19,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -389,28 +388,7 @@ async fn assert_readers_agree(b: &Backend, table: &IcebergTable, name: &str, whe
         "location": t.metadata().location(),
         "expected_keys": keys,
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers.py");
-    // chdb only reads files under its working directory (user_files_path = ".").
-    let out = Command::new("timeout")
-        .current_dir(b.dir.path())
-        .arg("300")
-        .arg(offload_testkit::venv_python())
-        .arg(&script)
-        .arg(cfg.to_string())
-        .output()
-        .expect("run the reader script");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "reader script failed ({when}): {}\n{stderr}",
-        out.status
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad reader output ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report: Value = run_readers(b.dir.path(), &cfg, 300, &format!(" ({when})"));
     let days = per_day(&rows);
     for reader in ["pyiceberg", "chdb"] {
         let r = &report[reader];

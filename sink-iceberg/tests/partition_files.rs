@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
@@ -162,28 +161,7 @@ async fn interleaved_input_is_read_back_exactly_by_pyiceberg_and_clickhouse() {
         "location": t.metadata().location(),
         "expected_keys": keys,
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers.py");
-    // chdb only reads files under its working directory (user_files_path = ".").
-    let out = Command::new("timeout")
-        .current_dir(b.dir.path())
-        .arg("600")
-        .arg(offload_testkit::venv_python())
-        .arg(&script)
-        .arg(cfg.to_string())
-        .output()
-        .expect("run the reader script");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "reader script failed: {}\n{stderr}",
-        out.status
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad reader output ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report: Value = run_readers(b.dir.path(), &cfg, 600, "");
     let want_days = serde_json::json!([
         ["2024-03-01", 1200],
         ["2024-03-02", 800],

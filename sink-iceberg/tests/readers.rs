@@ -77,7 +77,6 @@ fn ids(t: &Type, path: &str, out: &mut BTreeMap<String, i64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pyiceberg_and_clickhouse_read_what_we_wrote() {
-    let python = offload_testkit::venv_python();
     let b = Backend::sqlite();
     let table = b.table("lake.readers").await;
     table.prepare(trades_schema()).await.unwrap();
@@ -119,28 +118,7 @@ async fn pyiceberg_and_clickhouse_read_what_we_wrote() {
         "location": t.metadata().location(),
         "expected_keys": keys,
     });
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers.py");
-    // chdb only reads files under its working directory (user_files_path = ".").
-    let out = Command::new("timeout")
-        .current_dir(b.dir.path())
-        .arg("600")
-        .arg(&python)
-        .arg(&script)
-        .arg(cfg.to_string())
-        .output()
-        .expect("run the reader script");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "reader script failed: {}\n{stderr}",
-        out.status
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad reader output ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let report: Value = run_readers(b.dir.path(), &cfg, 600, "");
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
 
     let want_days: Vec<Value> = per_day(&written)

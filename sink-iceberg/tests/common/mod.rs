@@ -398,3 +398,32 @@ pub fn parquet_files(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Runs `tests/readers.py` (pyiceberg and chdb's `icebergLocal`) with `cfg`
+/// inside `dir` (chdb only reads files under its working directory,
+/// `user_files_path = "."`), at most `timeout_s` seconds, and returns its
+/// JSON report. Panics with the script's output if it fails; `when` names the
+/// moment in the message.
+pub fn run_readers(dir: &Path, cfg: &serde_json::Value, timeout_s: u32, when: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers.py");
+    let out = std::process::Command::new("timeout")
+        .current_dir(dir)
+        .arg(timeout_s.to_string())
+        .arg(offload_testkit::venv_python())
+        .arg(&script)
+        .arg(cfg.to_string())
+        .output()
+        .expect("run the reader script");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "reader script failed{when}: {}\n{stderr}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad reader output ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
