@@ -53,6 +53,22 @@ if ! pg_up; then
     pg_up || { log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1; }
 fi
 
+# --- promtool -------------------------------------------------------------------------
+# The alert rules' checks and unit tests (monitoring/alerts_test.yml). Only the
+# promtool binary of Debian's `prometheus` package (2.42) is taken: installing
+# the package itself would start a Prometheus daemon on :9090 that nothing here
+# wants. A promtool already on PATH is used as it is.
+tools="$HOME/.cache/offload/tools"
+if ! command -v promtool >/dev/null && [[ ! -x "$tools/bin/promtool" ]]; then
+    log "installing promtool (Debian's prometheus package, binary only) into $tools/bin"
+    if [[ -z "$apt_updated" ]]; then as_root apt-get update -qq; apt_updated=1; fi
+    deb="$(mktemp -d)"
+    (cd "$deb" && apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb x)
+    mkdir -p "$tools/bin"
+    install -m 0755 "$deb/x/usr/bin/promtool" "$tools/bin/promtool"
+    rm -rf "$deb"
+fi
+
 # --- Python tooling (chdb front, pyiceberg) -------------------------------------------------
 bash "$repo/testing/setup-venv.sh" >/dev/null
 log "ready"
