@@ -14,6 +14,11 @@ step() { printf '\n=== %s\n' "$*"; }
 # server from the venv (testing/rest-catalog/server.py). Linted and tested
 # with the workspace; `s3` stays off (its tests need an S3 endpoint).
 extra_features=(--features offload-sink-iceberg/rest)
+step "alert rules (promtool check + unit tests)"
+# setup.sh puts promtool in ~/.cache/offload/tools/bin when it is not on PATH.
+promtool="$(command -v promtool || echo "$HOME/.cache/offload/tools/bin/promtool")"
+"$promtool" check rules monitoring/alerts.yml
+"$promtool" test rules monitoring/alerts_test.yml
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
