@@ -8,6 +8,10 @@ list of what is and is not implemented.
 
     python server.py --host 127.0.0.1 --port 0 --data /tmp/chdata
     -> prints "LISTENING <port>" on stdout once it accepts connections.
+
+    ... --tls-port 0 --tls-cert server.pem --tls-key server.key
+    -> also serves HTTPS on a second port, printed as "LISTENING_TLS <port>"
+       (same engine and sessions; the plain port stays for test setup).
 """
 import argparse
 import json
@@ -15,6 +19,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -450,6 +455,42 @@ class Server(ThreadingHTTPServer):
         return _NamedSession(self, session_id) if session_id else _FreshSession(self.data)
 
 
+class TlsListener(ThreadingHTTPServer):
+    """The HTTPS port: a second listener over the same Server (engine, sessions).
+
+    The TLS handshake runs in the request's own thread (not in accept), so a
+    client that fails verification or never speaks cannot stall the listener.
+    """
+    daemon_threads = True
+
+    def __init__(self, addr, main, cert, key):
+        super().__init__(addr, Handler)
+        self.main = main
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+
+    def __getattr__(self, name):  # data, verbose, timezone, session(), ...: the main server's
+        if name == "main":  # not set yet (during __init__)
+            raise AttributeError(name)
+        return getattr(self.main, name)
+
+    def finish_request(self, request, client_address):
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:  # e.g. the client refused our certificate
+            if self.main.verbose:
+                print(f"TLS handshake with {client_address} failed: {e}", file=sys.stderr, flush=True)
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
+            super().handle_error(request, client_address)
+
+
 class _FreshSession:
     """One chdb Session per request (~1 ms): SET/USE never leak between requests,
     and requests run concurrently (each Session runs one query at a time)."""
@@ -490,17 +531,35 @@ def main():
     ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
     ap.add_argument("--exit-on-stdin-eof", action="store_true",
                     help="exit when stdin closes (the parent test process died)")
+    ap.add_argument("--tls-port", type=int, help="also serve HTTPS on this port (0 picks a free one)")
+    ap.add_argument("--tls-cert", help="PEM certificate (chain) for --tls-port")
+    ap.add_argument("--tls-key", help="PEM private key for --tls-port")
     args = ap.parse_args()
+    if (args.tls_port is None) != (args.tls_cert is None) or (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-port, --tls-cert and --tls-key go together")
 
     server = Server((args.host, args.port), args.data, args.verbose)
-    stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
+    listeners = [server]
+    if args.tls_port is not None:
+        tls = TlsListener((args.host, args.tls_port), server, args.tls_cert, args.tls_key)
+        listeners.append(tls)
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
+
+    def shutdown():
+        for s in listeners:
+            s.shutdown()
+
+    stop = lambda *_: threading.Thread(target=shutdown, daemon=True).start()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if args.exit_on_stdin_eof:
         threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop()), daemon=True).start()
     print(f"LISTENING {server.server_address[1]}", flush=True)
+    if args.tls_port is not None:
+        print(f"LISTENING_TLS {listeners[1].server_address[1]}", flush=True)
     server.serve_forever()
-    server.server_close()
+    for s in reversed(listeners):
+        s.server_close()
 
 
 if __name__ == "__main__":

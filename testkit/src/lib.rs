@@ -9,6 +9,9 @@
 //!
 //! Set `CLICKHOUSE_URL=http://host:port` to run the same tests against an
 //! existing ClickHouse server instead.
+//!
+//! [`tls`] makes test certificates and runs a TLS-only PostgreSQL;
+//! [`ClickHouseFront::start_tls`] adds an HTTPS listener to the front.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,6 +21,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use tempfile::TempDir;
+
+pub mod tls;
+pub use tls::{TestCerts, TlsPostgres};
 
 /// How long the front may take to import chdb and start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -57,6 +63,8 @@ pub fn venv_python() -> PathBuf {
 /// `CLICKHOUSE_URL`. The child is killed and the data removed on drop.
 pub struct ClickHouseFront {
     url: String,
+    /// The HTTPS listener of a [`start_tls`](Self::start_tls) front.
+    https_url: Option<String>,
     child: Option<Child>,
     /// Held open while we live: the front exits when it sees EOF on stdin, so
     /// it does not outlive a test process that is killed without unwinding.
@@ -74,20 +82,43 @@ impl ClickHouseFront {
         if let Some(url) = std::env::var("CLICKHOUSE_URL").ok().filter(|u| !u.is_empty()) {
             return ClickHouseFront {
                 url: url.trim_end_matches('/').to_owned(),
+                https_url: None,
                 child: None,
                 stdin: None,
                 data_dir: None,
             };
         }
+        Self::spawn(None)
+    }
 
+    /// Starts a fresh front with a second listener speaking HTTPS with
+    /// `certs`' server certificate ([`https_url`](Self::https_url)); the plain
+    /// one ([`url`](Self::url)) stays for [`query`](Self::query) and test setup.
+    /// Always a private front: `CLICKHOUSE_URL` is not used.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_tls(certs: &TestCerts) -> ClickHouseFront {
+        Self::spawn(Some(certs))
+    }
+
+    fn spawn(tls: Option<&TestCerts>) -> ClickHouseFront {
         let python = venv_python();
         let server = repo_root().join("testing/chdb-front/server.py");
         let data_dir = tempfile::Builder::new()
             .prefix("offload-chdb-")
             .tempdir()
             .expect("create a temp dir for chdb");
-        let mut child = Command::new(&python)
-            .arg(&server)
+        let mut cmd = Command::new(&python);
+        cmd.arg(&server);
+        if let Some(certs) = tls {
+            cmd.arg("--tls-port=0")
+                .arg("--tls-cert")
+                .arg(certs.server_cert())
+                .arg("--tls-key")
+                .arg(certs.server_key());
+        }
+        let mut child = cmd
             .args([
                 "--host",
                 "127.0.0.1",
@@ -113,35 +144,48 @@ impl ClickHouseFront {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut tx = Some(tx);
             for_each_line(stdout, |line| {
-                let port = line.strip_prefix("LISTENING ").map(|p| p.trim().parse::<u16>());
-                match (port, tx.take()) {
-                    (Some(Ok(port)), Some(tx)) => {
-                        let _ = tx.send(port);
+                // `LISTENING <port>` and, with TLS, `LISTENING_TLS <port>`.
+                let listening = line.split_once(' ').and_then(|(tag, port)| {
+                    let tls = match tag {
+                        "LISTENING" => false,
+                        "LISTENING_TLS" => true,
+                        _ => return None,
+                    };
+                    Some((tls, port.trim().parse::<u16>().ok()?))
+                });
+                match listening {
+                    Some(found) => {
+                        let _ = tx.send(found);
                     }
-                    (_, sender) => {
-                        tx = sender;
-                        eprintln!("[chdb-front] {line}");
-                    }
+                    None => eprintln!("[chdb-front] {line}"),
                 }
             });
         });
 
-        let port = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(port) => port,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "chdb-front did not report `LISTENING <port>` ({e}); exit status: {status:?}. \
-                     Its stderr is above. Is the venv complete? Rerun `bash testing/setup-venv.sh`."
-                );
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let (mut port, mut tls_port) = (None, None);
+        while port.is_none() || (tls.is_some() && tls_port.is_none()) {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok((false, p)) => port = Some(p),
+                Ok((true, p)) => tls_port = Some(p),
+                Err(e) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    panic!(
+                        "chdb-front did not report `LISTENING <port>`{} ({e}); exit status: {status:?}. \
+                         Its stderr is above. Is the venv complete? Rerun `bash testing/setup-venv.sh`.",
+                        if tls.is_some() { " and `LISTENING_TLS <port>`" } else { "" }
+                    );
+                }
             }
-        };
+        }
+        let port = port.expect("loop ends with the port");
 
         ClickHouseFront {
             url: format!("http://127.0.0.1:{port}"),
+            https_url: tls_port.map(|p| format!("https://127.0.0.1:{p}")),
             stdin: child.stdin.take(),
             child: Some(child),
             data_dir: Some(data_dir),
@@ -151,6 +195,12 @@ impl ClickHouseFront {
     /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The HTTPS URL of a [`start_tls`](Self::start_tls) front, e.g.
+    /// `https://127.0.0.1:41235`; `None` for a plain one.
+    pub fn https_url(&self) -> Option<&str> {
+        self.https_url.as_deref()
     }
 
     /// The front process's id; `None` for an external `CLICKHOUSE_URL` server.

@@ -112,6 +112,31 @@ pub enum StoreError {
         source: sqlx::Error,
     },
 
+    /// The URL asks for TLS (`sslmode=require`, `verify-ca` or `verify-full`)
+    /// and this build has none: it never falls back to plaintext.
+    #[cfg(feature = "postgres")]
+    #[error(
+        "PostgreSQL URL {url} asks for TLS (sslmode={sslmode}), but offload-watermark-store was built \
+         without its `rustls` feature: rebuild with it (the `offload` program has it by default)"
+    )]
+    TlsUnavailable {
+        /// The URL with its password replaced by `***`.
+        url: String,
+        /// The `sslmode` asked for.
+        sslmode: &'static str,
+    },
+
+    /// The TLS handshake failed: the server's certificate is not trusted or
+    /// not valid for the host, or the server does not speak TLS.
+    #[cfg(feature = "postgres")]
+    #[error("TLS to PostgreSQL at {url} failed: {reason}")]
+    Tls {
+        /// The URL with its password replaced by `***`.
+        url: String,
+        /// What failed, and what to change (e.g. set `sslrootcert`).
+        reason: String,
+    },
+
     /// The first connection did not complete within the connect timeout.
     #[cfg(feature = "postgres")]
     #[error("connecting to PostgreSQL at {url} timed out after {timeout:?}")]
@@ -199,6 +224,9 @@ impl StoreError {
             #[cfg(feature = "postgres")]
             StoreError::InvalidSchemaName { .. }
             | StoreError::InvalidUrl { .. }
+            | StoreError::TlsUnavailable { .. }
+            // A certificate that is not trusted today is not trusted in a minute.
+            | StoreError::Tls { .. }
             | StoreError::SchemaTooNew { .. } => false,
             #[cfg(feature = "postgres")]
             StoreError::ConnectTimeout { .. } => true,

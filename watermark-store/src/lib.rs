@@ -48,6 +48,8 @@ pub mod conformance;
 pub mod file;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "postgres")]
+mod tls;
 
 pub use error::StoreError;
 #[cfg(feature = "file")]

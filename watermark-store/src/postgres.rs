@@ -32,7 +32,7 @@ use offload_core::{
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
-use crate::{DEFAULT_STALE_RUN_TIMEOUT, StoreError, validate};
+use crate::{DEFAULT_STALE_RUN_TIMEOUT, StoreError, tls, validate};
 
 /// Version of the schema this build creates and expects.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -260,6 +260,12 @@ impl PostgresStoreBuilder {
                 source,
             })?
             .application_name(&self.application_name);
+        if tls::required(&options) && !cfg!(feature = "rustls") {
+            return Err(StoreError::TlsUnavailable {
+                url,
+                sslmode: tls::sslmode_name(options.get_ssl_mode()),
+            });
+        }
 
         let mut conn =
             match tokio::time::timeout(self.connect_timeout, PgConnection::connect_with(&options)).await {
@@ -269,7 +275,12 @@ impl PostgresStoreBuilder {
                         timeout: self.connect_timeout,
                     });
                 }
-                Ok(Err(source)) => return Err(StoreError::Connect { url, source }),
+                Ok(Err(source)) => {
+                    return Err(match tls::failure(&source, &options) {
+                        Some(reason) => StoreError::Tls { url, reason },
+                        None => StoreError::Connect { url, source },
+                    });
+                }
                 Ok(Ok(conn)) => conn,
             };
         let migrated = migrate(&mut conn, &self.schema).await;
