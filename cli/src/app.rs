@@ -123,6 +123,9 @@ pub fn clickhouse_source(ch: &ClickHouseSection) -> Result<Arc<dyn Source>, AppE
     if let Some(pw) = EnvVar::secret_opt(&ch.password_env, "clickhouse.password_env")? {
         b = b.password(pw.expose());
     }
+    if let Some(ca) = &ch.tls_ca_file {
+        b = b.tls_ca_file(ca);
+    }
     b = b.compression(match ch.compression {
         CompressionName::Auto => Compression::Auto,
         CompressionName::None => Compression::None,
@@ -363,10 +366,13 @@ pub fn init_logging(default_level: &str) {
         .try_init();
 }
 
-/// Serves Prometheus metrics at `http://<addr>/metrics`.
-pub fn init_metrics(addr: std::net::SocketAddr) -> Result<(), AppError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
+/// Installs the Prometheus recorder and serves `http://<addr>/metrics`,
+/// `/healthz` and `/readyz` ([`crate::http`]). Must be called inside a tokio
+/// runtime. Returns the bound address.
+pub fn init_metrics(addr: std::net::SocketAddr) -> Result<std::net::SocketAddr, AppError> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| AppError::Setup(format!("metrics recorder: {e}")))?;
+    crate::http::serve(addr, handle, crate::http::health())
         .map_err(|e| AppError::Setup(format!("metrics listener on {addr}: {e}")))
 }

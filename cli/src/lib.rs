@@ -13,5 +13,6 @@ pub mod commands;
 pub mod config;
 #[cfg(feature = "failpoints")]
 pub mod faults;
+pub mod http;
 pub mod signal;
 pub mod stack;

@@ -2,7 +2,8 @@
 //! the runs in progress — a window whose commit has started is finished, one
 //! that has not is abandoned (nothing of it becomes visible) — and a second
 //! signal exits at once, which is just as safe: the next start resumes from
-//! what the Iceberg table holds.
+//! what the Iceberg table holds. From the first signal on, `/readyz`
+//! answers 503 ([`crate::http`]).
 
 use offload_core::CancellationToken;
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,6 +19,8 @@ pub fn install(shutdown: CancellationToken) -> std::io::Result<()> {
             _ = term.recv() => "SIGTERM",
         };
         eprintln!("offload: {name}: finishing or abandoning the current windows (again to exit now)");
+        // Before the cancel: a probe must see "draining" as soon as runs may stop.
+        crate::http::health().draining();
         shutdown.cancel();
         let code = tokio::select! {
             _ = int.recv() => 130,

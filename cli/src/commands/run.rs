@@ -129,6 +129,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
     if let Err(e) = crate::signal::install(shutdown.clone()) {
         return startup_failed(&crate::app::AppError::Setup(format!("signal handlers: {e}")));
     }
+    crate::http::health().ready();
     let ok = if args.once {
         report(&app.engine.run_all(&app.tables, &shutdown).await)
     } else {
