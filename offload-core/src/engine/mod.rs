@@ -680,6 +680,10 @@ impl Offloader {
             Ok(l) => l,
             Err(e) => {
                 metrics::failure(name, &e, started.elapsed(), self.clock.now());
+                if matches!(e, Error::LeaseHeld { .. }) {
+                    // Skipped: the holder's runs are what the store counts now.
+                    self.export_state(name).await;
+                }
                 return Err(e);
             }
         };
@@ -741,13 +745,24 @@ impl Offloader {
         // Status and lease are bookkeeping: failing to write them must not turn a
         // committed run into an error, and a lost lease means someone else owns
         // the row now.
-        if let Err(e) = self.store.record_run(&lease, event).await {
-            tracing::warn!(error = %e, "could not record run outcome");
+        match self.store.record_run(&lease, event).await {
+            Ok(()) => self.export_state(name).await,
+            Err(e) => tracing::warn!(error = %e, "could not record run outcome"),
         }
         if let Err(e) = self.store.release_lease(&lease).await {
             tracing::warn!(error = %e, "could not release lease");
         }
         result
+    }
+
+    /// Exports the store's figures for the table ([`metrics::CONSECUTIVE_FAILURES`]):
+    /// the store counts across restarts and workers, so every worker reports
+    /// the same. Best effort.
+    async fn export_state(&self, name: &str) {
+        match self.store.load(name).await {
+            Ok(state) => metrics::store_state(&state),
+            Err(e) => tracing::debug!(error = %e, "could not read back the table's state"),
+        }
     }
 
     async fn run_leased(
@@ -784,6 +799,7 @@ impl Offloader {
         if rolled_forward {
             let to = committed.expect("stored < committed implies Some");
             tracing::warn!(from = ?stored, to = ?to, "store behind sink (earlier crash after commit): rolling forward");
+            metrics::store_behind(name);
             self.store.compare_and_set(&heartbeat.lease(), stored, to).await?;
         }
 
