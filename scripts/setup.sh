@@ -8,7 +8,8 @@
 #     missing, started if stopped;
 #   - a Python venv with chdb (the real ClickHouse engine), lz4 and pyiceberg
 #     (testing/setup-venv.sh);
-#   - build tools the native dependencies need (gcc, make, pkg-config).
+#   - build tools the native dependencies need (gcc, make, pkg-config);
+#   - s3s-fs (an S3-compatible server) in ~/.cache/offload/tools/bin.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -51,6 +52,15 @@ if ! pg_up; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || as_root pg_ctlcluster "$ver" main start
     for _ in $(seq 1 60); do pg_up && break; sleep 1; done  # waiting for a daemon, bounded
     pg_up || { log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1; }
+fi
+
+# --- S3 ------------------------------------------------------------------------------
+# s3s-fs: a real S3 server over a directory; the S3 tests start their own
+# (offload_testkit::S3Server). 0.14.1 is the newest that builds on our rustc.
+tools="$HOME/.cache/offload/tools"
+if [[ ! -x "$tools/bin/s3s-fs" ]]; then
+    log "installing s3s-fs 0.14.1 into $tools"
+    cargo install --locked --quiet --root "$tools" s3s-fs@0.14.1 --features binary
 fi
 
 # --- promtool -------------------------------------------------------------------------

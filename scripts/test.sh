@@ -11,9 +11,10 @@ bash scripts/setup.sh
 step() { printf '\n=== %s\n' "$*"; }
 # Features off by default whose tests need nothing beyond the suite's own
 # fixtures: the REST catalog tests (sink-iceberg/tests/rest.rs) start their
-# server from the venv (testing/rest-catalog/server.py). Linted and tested
-# with the workspace; `s3` stays off (its tests need an S3 endpoint).
-extra_features=(--features offload-sink-iceberg/rest)
+# server from the venv (testing/rest-catalog/server.py), the S3 tests
+# (sink-iceberg/tests/s3.rs) their own s3s-fs (installed by setup.sh).
+# Linted and tested with the workspace.
+extra_features=(--features offload-sink-iceberg/rest,offload-sink-iceberg/s3)
 step "alert rules (promtool check + unit tests)"
 # setup.sh puts promtool in ~/.cache/offload/tools/bin when it is not on PATH.
 promtool="$(command -v promtool || echo "$HOME/.cache/offload/tools/bin/promtool")"

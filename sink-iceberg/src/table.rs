@@ -348,9 +348,12 @@ impl IcebergTable {
     /// only this sink's data files are candidates. Nothing is deleted when
     /// the table sets `gc.enabled = false`.
     ///
-    /// Object-storage locations fail with
-    /// [`IcebergSinkError::CleanupUnsupported`]: iceberg's storage layer
-    /// cannot list; use your engine's `remove_orphan_files` there.
+    /// S3 locations (feature `s3`) are listed through OpenDAL with the
+    /// catalog's S3 settings, only under the location's `data/` and
+    /// `metadata/` prefixes, the age being each object's `LastModified`.
+    /// Other object stores fail with [`IcebergSinkError::CleanupUnsupported`]
+    /// (iceberg's storage layer cannot list); use your engine's
+    /// `remove_orphan_files` there.
     pub async fn cleanup_orphans(&self, grace: Duration) -> Result<u64, IcebergSinkError> {
         self.delete_orphans(grace).await
     }

@@ -8,6 +8,11 @@ what it wrote.
 Usage: python readers.py '<json config>'
   {"db": "/abs/catalog.db", "warehouse": "/abs/wh", "catalog": "offload",
    "table": "ns.t", "location": "/abs/wh/ns/t", "expected_keys": "/abs/keys.txt"}
+
+S3 mode: with "s3": {"endpoint": "http://127.0.0.1:port", "access_key": ...,
+"secret_key": ..., "region": ...}, the warehouse and location are s3:// URLs
+(path-style addressing); pyiceberg reads through PyArrowFileIO with those
+properties and ClickHouse through `icebergS3(...)`.
 """
 
 import hashlib
@@ -45,11 +50,28 @@ def with_pyiceberg(cfg):
     import pyarrow.parquet as pq
     from pyiceberg.catalog.sql import SqlCatalog
 
-    catalog = SqlCatalog(
-        cfg["catalog"],
-        uri=f"sqlite:///{cfg['db']}",
-        warehouse=f"file://{cfg['warehouse']}",
-    )
+    s3 = cfg.get("s3")
+    if s3:
+        catalog = SqlCatalog(
+            cfg["catalog"],
+            uri=f"sqlite:///{cfg['db']}",
+            warehouse=cfg["warehouse"],
+            **{
+                "py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO",
+                "s3.endpoint": s3["endpoint"],
+                "s3.access-key-id": s3["access_key"],
+                "s3.secret-access-key": s3["secret_key"],
+                "s3.region": s3["region"],
+                # Path-style addressing (`endpoint/bucket/key`), as loopback servers need.
+                "s3.force-virtual-addressing": "false",
+            },
+        )
+    else:
+        catalog = SqlCatalog(
+            cfg["catalog"],
+            uri=f"sqlite:///{cfg['db']}",
+            warehouse=f"file://{cfg['warehouse']}",
+        )
     table = catalog.load_table(cfg["table"])
     data = table.scan().to_arrow()
     # Pruned by partition value and file statistics: one UTC day.
@@ -70,7 +92,11 @@ def with_pyiceberg(cfg):
     )
     files = table.inspect.files().to_pylist()
     first_file = files[0]["file_path"]
-    parquet_schema = pq.read_schema(first_file.removeprefix("file://"))
+    if s3:
+        with table.io.new_input(first_file).open() as f:
+            parquet_schema = pq.read_schema(f)
+    else:
+        parquet_schema = pq.read_schema(first_file.removeprefix("file://"))
     file_ids = {
         f.name: int(f.metadata[b"PARQUET:field_id"]) for f in parquet_schema
     }
@@ -101,7 +127,14 @@ def with_pyiceberg(cfg):
 def with_chdb(cfg):
     import chdb
 
-    src = f"icebergLocal('{cfg['location']}')"
+    s3 = cfg.get("s3")
+    if s3:
+        # s3://bucket/path -> endpoint/bucket/path/ (path-style).
+        path = cfg["location"].split("://", 1)[1].rstrip("/")
+        url = f"{s3['endpoint'].rstrip('/')}/{path}/"
+        src = f"icebergS3('{url}', '{s3['access_key']}', '{s3['secret_key']}')"
+    else:
+        src = f"icebergLocal('{cfg['location']}')"
     sql = f"""
     SELECT
         count() AS count,

@@ -12,6 +12,8 @@
 //!
 //! [`tls`] makes test certificates and runs a TLS-only PostgreSQL;
 //! [`ClickHouseFront::start_tls`] adds an HTTPS listener to the front.
+//!
+//! [`S3Server`] gives tests a real S3-compatible server (s3s-fs).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,6 +26,9 @@ use tempfile::TempDir;
 
 pub mod tls;
 pub use tls::{TestCerts, TlsPostgres};
+
+mod s3;
+pub use s3::{S3Server, s3s_fs_binary};
 
 /// How long the front may take to import chdb and start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(120);

@@ -18,6 +18,7 @@ use iceberg::table::Table;
 use offload_core::MaintenanceSummary;
 
 use super::MaintenanceConfig;
+use super::list::list_table;
 use crate::writer::parse_file_name;
 use crate::{IcebergSinkError, IcebergTable};
 
@@ -172,8 +173,9 @@ pub(crate) fn gc_enabled(meta: &TableMetadata) -> bool {
 }
 
 /// Deletes files under the table's location that nothing references and that
-/// are older than the orphan grace period. Object storage cannot be listed
-/// yet: skipped with a warning.
+/// are older than the orphan grace period. A location that cannot be listed
+/// (object storage other than S3, or S3 without the `s3` feature) is skipped
+/// with a warning.
 pub(crate) async fn remove_orphans(
     table: &IcebergTable,
     cfg: &MaintenanceConfig,
@@ -205,44 +207,38 @@ impl IcebergTable {
             return Ok(0);
         }
         let location = meta.location().to_owned();
-        let Some(root) = local_path(&location) else {
-            return Err(IcebergSinkError::CleanupUnsupported {
-                location,
-                reason: "only local file-system warehouses can be listed".into(),
-            });
-        };
-        // A data path outside the table location may be shared: there only
-        // this sink's own files (by name) are candidates, as before.
-        let data_root = meta
+        let data_path = meta
             .properties()
             .get("write.data.path")
             .or_else(|| meta.properties().get("write.folder-storage.path"))
-            .and_then(|p| local_path(p))
-            .filter(|p| !p.starts_with(&root));
+            .cloned();
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
 
         // List first, read the references second: a commit landing in
         // between only adds references, so nothing it references is deleted.
-        let listed = tokio::task::spawn_blocking(move || {
-            let mut all: Vec<(PathBuf, SystemTime, bool)> = list_files(&root)?
-                .into_iter()
-                .map(|(p, m)| (p, m, false))
-                .collect();
-            if let Some(data) = data_root {
-                all.extend(list_files(&data)?.into_iter().map(|(p, m)| (p, m, true)));
-            }
-            Ok::<_, IcebergSinkError>(all)
-        })
-        .await
-        .map_err(|e| IcebergSinkError::WriterTask {
-            reason: e.to_string(),
-        })??;
-        let candidates: Vec<PathBuf> = listed
+        let storage = self.sink_config().catalog().storage();
+        let listed = list_table(&location, data_path.as_deref(), storage).await?;
+        // The listing must name files the way the metadata does, or every
+        // referenced file would look unreferenced: the current metadata file
+        // (written before the listing) proves it does, else nothing is deleted.
+        if let Some(current_file) = current.metadata_location().map(file_key)
+            && current_file.starts_with(&file_key(&location))
+            && !listed.iter().any(|l| l.key == current_file)
+        {
+            return Err(IcebergSinkError::CleanupUnsupported {
+                location,
+                reason: format!(
+                    "the listing does not show the current metadata file {current_file} under that name; \
+                     nothing deleted"
+                ),
+            });
+        }
+        let candidates: Vec<String> = listed
             .into_iter()
-            .filter(|(path, modified, own_only)| old_enough(path, *modified, cutoff, *own_only))
-            .map(|(p, ..)| p)
+            .filter(|l| old_enough(l.name(), l.modified, cutoff, l.own_only))
+            .map(|l| l.key)
             .collect();
         if candidates.is_empty() {
             return Ok(0);
@@ -254,7 +250,6 @@ impl IcebergTable {
         let referenced = reachable(&fresh).await?;
         let orphans: Vec<String> = candidates
             .into_iter()
-            .map(|p| p.to_string_lossy().into_owned())
             .filter(|k| !referenced.contains(k))
             .collect();
         let n = orphans.len();
@@ -270,13 +265,10 @@ impl IcebergTable {
 /// `cutoff`, and for files named like this sink's data files, their run
 /// started before it too (a run still staging keeps its files). With
 /// `own_only` only this sink's data files qualify.
-fn old_enough(path: &Path, modified: SystemTime, cutoff: SystemTime, own_only: bool) -> bool {
+fn old_enough(name: &str, modified: SystemTime, cutoff: SystemTime, own_only: bool) -> bool {
     if modified >= cutoff {
         return false;
     }
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
     if name == VERSION_HINT {
         return false;
     }
@@ -290,54 +282,6 @@ fn old_enough(path: &Path, modified: SystemTime, cutoff: SystemTime, own_only: b
             .is_some_and(|started| started < cutoff),
         None => !own_only,
     }
-}
-
-/// Hidden names (`.x`, `_x`) that are not partition directories (`_k=v`):
-/// skipped like Java's `DeleteOrphanFiles` skips them (checksums, other
-/// tools' logs and markers).
-fn hidden(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    (name.starts_with('.') || name.starts_with('_')) && !name.contains('=')
-}
-
-/// Every regular file under `root` with its modification time, hidden
-/// files and directories left out.
-pub(crate) fn list_files(root: &Path) -> Result<Vec<(PathBuf, SystemTime)>, IcebergSinkError> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(IcebergSinkError::io(format!("list {}", dir.display()), e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| IcebergSinkError::io(format!("list {}", dir.display()), e))?;
-            if hidden(&entry.file_name()) {
-                continue;
-            }
-            let ty = entry
-                .file_type()
-                .map_err(|e| IcebergSinkError::io(format!("stat {}", entry.path().display()), e))?;
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else if ty.is_file() {
-                let modified = match entry.metadata().and_then(|m| m.modified()) {
-                    Ok(m) => m,
-                    // Deleted meanwhile (another cleanup): nothing to do.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(IcebergSinkError::io(
-                            format!("stat {}", entry.path().display()),
-                            e,
-                        ));
-                    }
-                };
-                out.push((entry.path(), modified));
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -370,61 +314,19 @@ mod tests {
     }
 
     #[test]
-    fn hidden_names_are_not_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        for d in [
-            "data/ts_day=2024-03-01",
-            "data/_k_bucket=3",
-            "data/_tmp",
-            "metadata",
-            ".hoodie",
-        ] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        for f in [
-            "data/ts_day=2024-03-01/a.parquet",
-            "data/ts_day=2024-03-01/.a.parquet.crc",
-            "data/_k_bucket=3/b.parquet",
-            "data/_tmp/c.parquet",
-            "data/_SUCCESS",
-            "metadata/00001-x.metadata.json",
-            ".hoodie/x",
-        ] {
-            std::fs::write(root.join(f), b"x").unwrap();
-        }
-        let mut got: Vec<PathBuf> = list_files(root)
-            .unwrap()
-            .into_iter()
-            .map(|(p, _)| p.strip_prefix(root).unwrap().to_path_buf())
-            .collect();
-        got.sort();
-        let want: Vec<PathBuf> = [
-            "data/_k_bucket=3/b.parquet",
-            "data/ts_day=2024-03-01/a.parquet",
-            "metadata/00001-x.metadata.json",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
     fn only_old_files_of_finished_runs_qualify() {
         let now = SystemTime::now();
         let hour = Duration::from_secs(3600);
         let cutoff = now - hour;
         let old = now - 2 * hour;
-        let p = |n: &str| PathBuf::from(format!("/t/data/{n}"));
-        assert!(old_enough(&p("00001-abc.metadata.json"), old, cutoff, false));
-        assert!(!old_enough(&p("00001-abc.metadata.json"), now, cutoff, false));
-        assert!(!old_enough(&p("00001-abc.metadata.json"), old, cutoff, true));
-        assert!(!old_enough(&p(VERSION_HINT), old, cutoff, false));
+        assert!(old_enough("00001-abc.metadata.json", old, cutoff, false));
+        assert!(!old_enough("00001-abc.metadata.json", now, cutoff, false));
+        assert!(!old_enough("00001-abc.metadata.json", old, cutoff, true));
+        assert!(!old_enough(VERSION_HINT, old, cutoff, false));
         // A sink file of a run that started within the grace is kept even if old by mtime.
         let young_run = uuid::Uuid::now_v7();
         let name = format!("{young_run}-1-0-0.parquet");
-        assert!(!old_enough(&p(&name), old, cutoff, false));
+        assert!(!old_enough(&name, old, cutoff, false));
         let ts = uuid::Timestamp::from_unix(
             uuid::NoContext,
             (now - 3 * hour)
@@ -435,7 +337,7 @@ mod tests {
         );
         let old_run = uuid::Uuid::new_v7(ts);
         let name = format!("{old_run}-1-0-0.parquet");
-        assert!(old_enough(&p(&name), old, cutoff, false));
-        assert!(old_enough(&p(&name), old, cutoff, true));
+        assert!(old_enough(&name, old, cutoff, false));
+        assert!(old_enough(&name, old, cutoff, true));
     }
 }

@@ -10,6 +10,7 @@ mod compact;
 mod config;
 mod expire;
 mod files;
+mod list;
 mod replace;
 mod swap;
 
