@@ -67,6 +67,7 @@ pub(crate) async fn connect(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>, Ice
         CatalogBackend::Postgres { url } => {
             #[cfg(feature = "postgres")]
             {
+                pg_tls::check_available(url)?;
                 let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
                     .uri(url.clone())
                     .warehouse_location(warehouse)
@@ -75,7 +76,13 @@ pub(crate) async fn connect(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>, Ice
                     .with_storage_factory(factory)
                     .load(name.clone(), HashMap::new())
                     .await
-                    .map_err(|e| IcebergSinkError::iceberg(ctx("PostgreSQL"), e))?;
+                    .map_err(|e| match pg_tls::failure(&e, url) {
+                        Some(reason) => IcebergSinkError::Config {
+                            field: "catalog",
+                            reason,
+                        },
+                        None => IcebergSinkError::iceberg(ctx("PostgreSQL"), e),
+                    })?;
                 Ok(Arc::new(catalog))
             }
             #[cfg(not(feature = "postgres"))]
@@ -120,6 +127,102 @@ pub(crate) async fn connect(cfg: &CatalogConfig) -> Result<Arc<dyn Catalog>, Ice
                 .map_err(|e| IcebergSinkError::iceberg(ctx("in-memory"), e))?;
             Ok(Arc::new(catalog))
         }
+    }
+}
+
+/// TLS to the PostgreSQL catalog, set by its URL as with libpq
+/// (`?sslmode=verify-full&sslrootcert=/path/ca.pem`): iceberg-catalog-sql's
+/// sqlx `any` driver parses the same parameters, and the `rustls` feature
+/// gives that sqlx rustls with the ring provider (roots: the `sslrootcert`
+/// file and webpki's).
+#[cfg(feature = "postgres")]
+mod pg_tls {
+    use offload_core::redact::redact_url;
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+    use crate::IcebergSinkError;
+
+    /// Refuses a URL that requires TLS (`sslmode=require`, `verify-ca`,
+    /// `verify-full`) in a build without it, instead of sqlx's generic
+    /// complaint at the first connection; `prefer` and `allow` may fall back
+    /// to plaintext by definition.
+    pub(super) fn check_available(url: &str) -> Result<(), IcebergSinkError> {
+        // A URL that does not parse is the catalog's to report.
+        let Ok(options) = url.parse::<PgConnectOptions>() else {
+            return Ok(());
+        };
+        let mode = match options.get_ssl_mode() {
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+            PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => return Ok(()),
+        };
+        if cfg!(feature = "rustls") {
+            return Ok(());
+        }
+        Err(IcebergSinkError::Config {
+            field: "catalog",
+            reason: format!(
+                "the PostgreSQL catalog URL {} asks for TLS (sslmode={mode}), but offload-sink-iceberg \
+                 was built without its `rustls` feature: rebuild with it (the `offload` program has it by default)",
+                redact_url(url)
+            ),
+        })
+    }
+
+    /// The TLS failure behind a catalog connect error, told with what to
+    /// change; `None` when it is something else.
+    #[cfg(feature = "rustls")]
+    pub(super) fn failure(e: &iceberg::Error, url: &str) -> Option<String> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let sql = loop {
+            let c = cause?;
+            if let Some(sql) = c.downcast_ref::<sqlx::Error>() {
+                break sql;
+            }
+            cause = c.source();
+        };
+        let options = url.parse::<PgConnectOptions>().ok()?;
+        let endpoint = format!("{}:{}", options.get_host(), options.get_port());
+        let what = match sql {
+            // A failed handshake surfaces as an I/O error wrapping rustls's own.
+            sqlx::Error::Io(io) => describe(io.get_ref()?.downcast_ref::<rustls::Error>()?, &endpoint),
+            sqlx::Error::Tls(inner) => match inner.downcast_ref::<rustls::Error>() {
+                Some(r) => describe(r, &endpoint),
+                // sqlx's own words: "server does not support TLS", a bad sslrootcert file, ...
+                None => format!("{inner} ({endpoint})"),
+            },
+            _ => return None,
+        };
+        Some(format!(
+            "TLS to the PostgreSQL catalog at {} failed: {what}",
+            redact_url(url)
+        ))
+    }
+
+    #[cfg(feature = "rustls")]
+    fn describe(e: &rustls::Error, endpoint: &str) -> String {
+        use rustls::{CertificateError as C, Error as E};
+        match e {
+            E::InvalidCertificate(C::UnknownIssuer) => format!(
+                "certificate verification failed for {endpoint}: certificate not trusted (UnknownIssuer); \
+                 set sslrootcert=<file of the CA that signed the server's certificate> in the URL"
+            ),
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
+                "certificate verification failed for {endpoint}: the certificate is not valid for this \
+                 host name (NotValidForName); connect by a name the certificate lists, or use sslmode=verify-ca"
+            ),
+            E::InvalidCertificate(other) => {
+                format!("certificate verification failed for {endpoint}: {other:?}")
+            }
+            other => format!("TLS handshake with {endpoint} failed: {other}"),
+        }
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    pub(super) fn failure(_: &iceberg::Error, _: &str) -> Option<String> {
+        // No handshake without the feature: see `check_available`.
+        None
     }
 }
 

@@ -154,6 +154,15 @@ pub enum ClickHouseError {
     #[error("ClickHouse transport error: {0}")]
     Transport(#[source] clickhouse::error::Error),
 
+    /// The TLS handshake with the server failed (its certificate is not
+    /// trusted or not valid for the URL's host). Not transient: the CA file
+    /// or the URL must change.
+    #[error("TLS to ClickHouse failed: {reason}")]
+    Tls {
+        /// What failed, and what to change.
+        reason: String,
+    },
+
     /// A window's response made no progress within the configured
     /// `stream_idle_timeout`.
     #[error("ClickHouse {what} timed out after {after:?}")]
@@ -286,6 +295,12 @@ impl ClickHouseError {
     /// Classifies an error from the `clickhouse` crate.
     pub(crate) fn from_client(err: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
+        // A refused certificate is a network error to the client, but
+        // retrying cannot help: said as what it is.
+        #[cfg(feature = "rustls")]
+        if let Some(reason) = crate::tls::failure(&err) {
+            return ClickHouseError::Tls { reason };
+        }
         match err {
             E::BadResponse(msg) => Self::from_server_message(&msg),
             // Network: refused, reset, closed mid-body. Decompression: a body

@@ -12,13 +12,15 @@ mod source;
 mod sql;
 mod stream;
 mod table;
+#[cfg(feature = "rustls")]
+mod tls;
 pub mod types;
 
 pub use compression::Compression;
 pub use decode::ArrowStreamDecoder;
 pub use error::ClickHouseError;
 pub use source::{
-    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, DEFAULT_STREAM_IDLE_TIMEOUT,
+    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, DEFAULT_STREAM_IDLE_TIMEOUT, client_for,
 };
 pub use table::ClickHouseTable;
 pub use types::{SubMicrosecond, UInt64Mapping};

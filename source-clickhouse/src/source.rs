@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,6 +210,7 @@ pub struct ClickHouseSourceBuilder {
     settings: BTreeMap<String, String>,
     stream_idle_timeout: Duration,
     mapping: MappingOptions,
+    tls_ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for ClickHouseSourceBuilder {
@@ -222,6 +224,7 @@ impl fmt::Debug for ClickHouseSourceBuilder {
             .field("settings", &self.settings)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("mapping", &self.mapping)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -282,6 +285,15 @@ impl ClickHouseSourceBuilder {
     /// default stays below the engine's default lease of 300 s).
     pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
         self.stream_idle_timeout = timeout;
+        self
+    }
+
+    /// For an `https://` URL (feature `rustls`): trust the CA certificate(s)
+    /// in this PEM file instead of webpki's roots (Mozilla's list), e.g. a
+    /// private CA that signed the server's certificate. Read by
+    /// [`build`](Self::build).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
         self
     }
 
@@ -354,8 +366,7 @@ impl ClickHouseSourceBuilder {
             .settings
             .keys()
             .any(|name| BLOCK_SETTINGS.iter().any(|b| name.eq_ignore_ascii_case(b)));
-        let mut client = Client::default()
-            .with_url(self.url.clone())
+        let mut client = client_for(&self.url, self.tls_ca_file.as_deref())?
             .with_compression(compression.client());
         if let Some(user) = &self.user {
             client = client.with_user(user.clone());
@@ -376,6 +387,46 @@ impl ClickHouseSourceBuilder {
             config: self,
         })
     }
+}
+
+/// A `clickhouse::Client` for `url` that reaches the server the way the
+/// source does, for other readers of the same server (the CLI's reconcile):
+/// `https://` (feature `rustls`) through rustls with the ring provider,
+/// trusting the CA certificate(s) of `tls_ca_file` or else webpki's roots;
+/// `http://` through the crate's default client. Only the URL is set: user,
+/// password, database and settings are the caller's.
+///
+/// ```
+/// let client = offload_source_clickhouse::client_for("http://127.0.0.1:8123", None).unwrap();
+/// # let _ = client;
+/// let err = offload_source_clickhouse::client_for("http://h:8123", Some("ca.pem".as_ref())).unwrap_err();
+/// assert!(err.to_string().contains("tls_ca_file"));
+/// ```
+pub fn client_for(url: &str, tls_ca_file: Option<&Path>) -> Result<Client, ClickHouseError> {
+    let invalid = |field, reason: &str| ClickHouseError::InvalidConfig {
+        field,
+        reason: reason.to_owned(),
+    };
+    let https = url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"));
+    if tls_ca_file.is_some() && !https {
+        return Err(invalid(
+            "tls_ca_file",
+            "is set but the URL is not https://: the connection would not use it",
+        ));
+    }
+    #[cfg(feature = "rustls")]
+    if https {
+        return Ok(crate::tls::https_client(tls_ca_file)?.with_url(url));
+    }
+    if https {
+        return Err(invalid(
+            "url",
+            "https:// needs the `rustls` feature of offload-source-clickhouse",
+        ));
+    }
+    Ok(Client::default().with_url(url))
 }
 
 /// The Source: reads windows of a ClickHouse table over HTTP as Arrow batches.
@@ -450,6 +501,7 @@ impl ClickHouseSource {
             settings: BTreeMap::new(),
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             mapping: MappingOptions::default(),
+            tls_ca_file: None,
         }
     }
 

@@ -57,7 +57,8 @@ pub struct ReconcileArgs {
 
 fn clickhouse(cfg: &Config) -> Result<ClickHouseLayer, AppError> {
     let ch = &cfg.clickhouse;
-    let mut client = clickhouse::Client::default().with_url(&ch.url);
+    // The source's way to the server: HTTPS trusting `tls_ca_file` or webpki's roots.
+    let mut client = offload_source_clickhouse::client_for(&ch.url, ch.tls_ca_file.as_deref())?;
     if let Some(u) = &ch.user {
         client = client.with_user(u);
     }

@@ -1,6 +1,7 @@
 //! `[clickhouse]`: where rows come from.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -18,6 +19,9 @@ pub struct ClickHouseSection {
     pub user: Option<String>,
     /// Name of the environment variable holding the password.
     pub password_env: Option<EnvVar>,
+    /// For an `https://` URL: a PEM file of the CA certificate(s) to trust
+    /// instead of webpki's roots (Mozilla's list), e.g. a private CA.
+    pub tls_ca_file: Option<PathBuf>,
     /// Response compression on the wire (default `auto`: none to a loopback
     /// host, LZ4 otherwise).
     #[serde(default)]
