@@ -483,7 +483,7 @@ fn text(rows: &[TableStatus], now: SystemTime) -> String {
             let when = finished(s).map_or_else(|| "-".into(), at);
             let took = s
                 .last_run_duration
-                .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
+                .map(|d| format!(" in {:.2}s", d.as_secs_f64()))
                 .unwrap_or_default();
             let rows = if s.status == offload_core::RunStatus::Success {
                 format!(", {} rows", s.last_row_count)
