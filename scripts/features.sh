@@ -14,10 +14,10 @@ cd "$repo"
 matrix=(
     "offload-core: - testing conformance sqlx all"
     "offload-source-clickhouse: - lz4 rustls all"
-    "offload-sink-iceberg: - sqlite postgres rest s3 all"
-    "offload-watermark-store: - file postgres conformance all"
+    "offload-sink-iceberg: - sqlite postgres rest s3 rustls all"
+    "offload-watermark-store: - file postgres rustls conformance all"
     "offload-reconcile: - kafka all"
-    "offload-cli: failpoints rest s3"
+    "offload-cli: - failpoints rest s3 rustls all"
 )
 
 run() {

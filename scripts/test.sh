@@ -12,9 +12,12 @@ step() { printf '\n=== %s\n' "$*"; }
 # Features off by default whose tests need nothing beyond the suite's own
 # fixtures: the REST catalog tests (sink-iceberg/tests/rest.rs) start their
 # server from the venv (testing/rest-catalog/server.py), the S3 tests
-# (sink-iceberg/tests/s3.rs) their own s3s-fs (installed by setup.sh).
+# (sink-iceberg/tests/s3.rs) their own s3s-fs (installed by setup.sh), the TLS
+# tests (tests/tls.rs of the store, the source and the CLI) a TLS-only
+# PostgreSQL (Debian's initdb + postgres) and the chdb front's HTTPS listener,
+# with certificates they make.
 # Linted and tested with the workspace.
-extra_features=(--features offload-sink-iceberg/rest,offload-sink-iceberg/s3)
+extra_features=(--features offload-sink-iceberg/rest,offload-sink-iceberg/s3,offload-sink-iceberg/rustls,offload-watermark-store/rustls,offload-source-clickhouse/rustls)
 step "alert rules (promtool check + unit tests)"
 # setup.sh puts promtool in ~/.cache/offload/tools/bin when it is not on PATH.
 promtool="$(command -v promtool || echo "$HOME/.cache/offload/tools/bin/promtool")"
