@@ -125,6 +125,9 @@ pub async fn main(args: RunArgs) -> ExitCode {
         Ok(v) => v,
         Err(e) => return startup_failed(&e),
     };
+    // Every table's series at zero from the first scrape (monitoring/alerts.yml).
+    let maintained = if args.once { None } else { cfg.maintenance.run_interval() };
+    offload_core::metrics::register(env!("CARGO_PKG_VERSION"), &app.tables, maintained);
     let shutdown = CancellationToken::new();
     if let Err(e) = crate::signal::install(shutdown.clone()) {
         return startup_failed(&crate::app::AppError::Setup(format!("signal handlers: {e}")));
