@@ -126,7 +126,7 @@ pub async fn main(args: RunArgs) -> ExitCode {
         Err(e) => return startup_failed(&e),
     };
     // Every table's series at zero from the first scrape (monitoring/alerts.yml).
-    let maintained = if args.once { None } else { cfg.maintenance.run_interval() };
+    let maintained = cfg.maintenance.run_interval().filter(|_| !args.once);
     offload_core::metrics::register(env!("CARGO_PKG_VERSION"), &app.tables, maintained);
     let shutdown = CancellationToken::new();
     if let Err(e) = crate::signal::install(shutdown.clone()) {
