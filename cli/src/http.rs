@@ -21,7 +21,7 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Where the program is in its life, as `/readyz` reports it.
@@ -133,8 +133,11 @@ pub fn serve(
                     let metrics = metrics.clone();
                     async move { Ok::<_, Infallible>(answer(&req, &metrics, health)) }
                 });
-                // A client that hangs up mid-request is its own business.
+                // A client that hangs up mid-request is its own business; one
+                // that never finishes its headers is dropped after a while.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
