@@ -201,3 +201,19 @@ async fn status_flags_lag_and_maintenance_overdue_until_maintain_runs() {
         .collect();
     assert_eq!(problems, ["lag 1h 57m > 30m"], "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_ahead_of_the_table_needs_a_person() {
+    let s = Lake::new("status_ahead", Catalog::Sqlite, Store::File);
+    s.insert(0, 1_000, 5, 10_000);
+    s.run_ok();
+    assert_verdict(&s, &[], false, "nothing needs you");
+    // The catalog lost (restored from an old backup, recreated): the store
+    // still claims the window, the table holds nothing. Runs are refused.
+    std::fs::remove_file(s.dir.join("catalog.db")).unwrap();
+    let r = s.run(None);
+    assert_eq!(r.status.code(), Some(1), "{}", r.describe());
+    let t = assert_verdict(&s, &[], true, "ATTENTION  trades: store ahead of Iceberg (");
+    assert!(t["committed"].is_null(), "{t}");
+    assert!(!t["store_watermark"].is_null(), "{t}");
+}
