@@ -266,3 +266,58 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exported_and_every_exported_
         assert!(families.contains(*n), "{n} ({why}) is no longer exported");
     }
 }
+
+/// promtool from PATH or where `scripts/setup.sh` puts it.
+fn promtool() -> std::path::PathBuf {
+    let home = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("promtool"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain([home.join(".cache/offload/tools/bin/promtool")])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("promtool is missing: run scripts/setup.sh (its `# --- promtool` section)"))
+}
+
+/// Grafana is not installable here, so the dashboard's queries are checked by
+/// Prometheus's own parser: each one, its Grafana variables given values, as
+/// a recording rule for `promtool check rules`.
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("monitoring/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    assert!(!exprs.is_empty());
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.replace("$__rate_interval", "5m").replace("$table", ".+");
+            serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": e})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // JSON is YAML: promtool reads it as a rules file.
+    let file = dir.path().join("dashboard_rules.yml");
+    let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = std::process::Command::new(promtool())
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a dashboard query does not parse:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
