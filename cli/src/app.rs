@@ -355,10 +355,24 @@ pub async fn connect_store(cfg: &Config) -> Result<Arc<dyn WatermarkStore>, AppE
     })
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`, e.g. `info`).
+/// Crates whose debug logs print credentials: reqsign (S3 request signing)
+/// logs its static credential provider's `Debug`, secret key included.
+/// Capped at `info` whatever `RUST_LOG` says (cli/tests/s3.rs checks it).
+const SECRET_LOGGERS: [&str; 4] = [
+    "reqsign_core",
+    "reqsign_aws_v4",
+    "reqsign_aws_core",
+    "reqsign_file_read_tokio",
+];
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`, e.g. `info`),
+/// never below `info` for [`SECRET_LOGGERS`].
 pub fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    for target in SECRET_LOGGERS {
+        filter = filter.add_directive(format!("{target}=info").parse().expect("a valid directive"));
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -5,8 +5,10 @@ computes them in ClickHouse:
 count, distinct (ts, seq), sum(ts micros), sum(seq), sum(price * 1e8),
 list elements, map entries, null trade_ids
 
-usage: lake_figures.py <catalog-uri> <catalog-name> <namespace.table> <warehouse>
+usage: lake_figures.py <catalog-uri> <catalog-name> <namespace.table> <warehouse> [<props-json>]
+  props-json: extra catalog properties, e.g. pyiceberg's s3.* for an S3 warehouse
 """
+import json
 import sys
 from decimal import Decimal
 
@@ -14,7 +16,8 @@ import pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
 
 uri, name, ident, warehouse = sys.argv[1:5]
-catalog = SqlCatalog(name, uri=uri, warehouse=warehouse)
+props = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+catalog = SqlCatalog(name, uri=uri, warehouse=warehouse, **props)
 t = catalog.load_table(ident).scan().to_arrow()
 
 ts = t.column("ts").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()

@@ -25,7 +25,7 @@ use offload_reconcile::{
     BucketSize, ClickHouseLayer, Depth, IcebergLayer, Reconciler, Report, TableSpec, TimeRange,
 };
 use offload_source_clickhouse::ClickHouseSource;
-use offload_testkit::{ClickHouseFront, repo_root, venv_python};
+use offload_testkit::{ClickHouseFront, S3Server, repo_root, venv_python};
 
 /// Exact figures, in the order `lake_figures.py` prints them.
 pub const FIGURES: &str = "count(), uniqExact(ts, seq), sum(toInt128(toUnixTimestamp64Micro(toDateTime64(ts, 6)))), \
@@ -126,7 +126,20 @@ pub struct Lake {
     pub partition: Option<String>,
     /// The `[maintenance]` section's keys (TOML lines), if any.
     pub maintenance: String,
+    /// The warehouse on S3 instead of under `dir` ([`Lake::on_s3`]).
+    pub s3: Option<S3Lake>,
 }
+
+/// A scenario's S3 warehouse: `s3://<bucket>/warehouse` on its own server.
+pub struct S3Lake {
+    pub server: S3Server,
+    pub bucket: String,
+}
+
+/// The variables `[iceberg.s3]` names for the credentials: the program (and
+/// the judge's in-process `App`) read them from the environment only.
+pub const S3_KEY_ENV: &str = "OFFLOAD_TEST_S3_ACCESS_KEY";
+pub const S3_SECRET_ENV: &str = "OFFLOAD_TEST_S3_SECRET_KEY";
 
 /// How old rows that arrive "hours late" are: inside [`LATE_HORIZON`].
 pub const HOURS_LATE_MS: i64 = 2 * 3600 * 1000;
@@ -171,6 +184,39 @@ impl Lake {
             beyond: std::sync::Mutex::new(Vec::new()),
             partition: None,
             maintenance: String::new(),
+            s3: None,
+        }
+    }
+
+    /// Keeps the warehouse in a bucket of `server` (path-style, credentials
+    /// from [`S3_KEY_ENV`] / [`S3_SECRET_ENV`], which the caller must have set
+    /// to the server's pair in this process: the judge builds the program's
+    /// `App` in-process) and runs every program with `RUST_LOG=debug`.
+    pub fn on_s3(mut self, server: S3Server) -> Self {
+        let bucket = "lake".to_owned();
+        server.create_bucket(&bucket);
+        self.s3 = Some(S3Lake { server, bucket });
+        self
+    }
+
+    /// The `iceberg.warehouse` value.
+    pub fn warehouse(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!("s3://{}/warehouse", s3.bucket),
+            None => format!("{}/warehouse", self.dir.display()),
+        }
+    }
+
+    /// The `[iceberg.s3]` section (empty for a local warehouse).
+    fn s3_section(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!(
+                "[iceberg.s3]\nendpoint = \"{}\"\nregion = \"{}\"\npath_style = true\n\
+                 access_key_id_env = \"{S3_KEY_ENV}\"\nsecret_access_key_env = \"{S3_SECRET_ENV}\"\n",
+                s3.server.endpoint(),
+                s3.server.region()
+            ),
+            None => String::new(),
         }
     }
 
@@ -212,15 +258,16 @@ impl Lake {
         };
         let text = format!(
             "[engine]\n{engine}lease_ttl = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\
-             [iceberg]\nwarehouse = \"{}/warehouse\"\n[iceberg.catalog]\n{}\n[store]\n{store}\n\
+             [iceberg]\nwarehouse = \"{}\"\n[iceberg.catalog]\n{}\n{}[store]\n{store}\n\
              [[tables]]\nname = \"trades\"\nsink_table = \"lake.trades\"\ntimestamp_column = \"ts\"\n\
              sequence_column = \"seq\"\nlag = \"{lag}\"\nbatch_size = {}\nlate_horizon = \"{}\"\n\
              sweep_bucket = \"10m\"\n",
             self.lease_ttl,
             front().url(),
             self.db,
-            self.dir.display(),
+            self.warehouse(),
             self.catalog_section(),
+            self.s3_section(),
             self.batch_size,
             self.late_horizon,
         );
@@ -291,6 +338,12 @@ impl Lake {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_offload"));
         cmd.arg(subcommand).arg("--config").arg(config).args(args);
         cmd.env_remove("OFFLOAD_FAILPOINTS");
+        if let Some(s3) = &self.s3 {
+            // Debug logging everywhere, so a test can tell no secret is logged.
+            cmd.env(S3_KEY_ENV, s3.server.access_key())
+                .env(S3_SECRET_ENV, s3.server.secret_key())
+                .env("RUST_LOG", "debug");
+        }
         if let Some(fp) = failpoints {
             cmd.env("OFFLOAD_FAILPOINTS", fp);
         }
@@ -501,6 +554,33 @@ impl Lake {
         store.load("trades").await.unwrap().lease.map(|l| l.holder)
     }
 
+    /// ClickHouse's table function reading the Iceberg table: `icebergLocal`
+    /// on its directory, or `icebergS3` on its S3 location (path-style URL,
+    /// the server's credentials).
+    pub async fn ice_source(&self) -> String {
+        match &self.s3 {
+            None => format!("icebergLocal('{}')", self.table_path().await),
+            Some(s3) => {
+                let app = self.app().await;
+                let t = app.iceberg.load_table(&app.tables[0]).await.unwrap();
+                let key = t
+                    .metadata()
+                    .location()
+                    .split_once("://")
+                    .unwrap()
+                    .1
+                    .trim_end_matches('/')
+                    .to_owned();
+                format!(
+                    "icebergS3('{}/{key}/', '{}', '{}')",
+                    s3.server.endpoint(),
+                    s3.server.access_key(),
+                    s3.server.secret_key()
+                )
+            }
+        }
+    }
+
     /// The Iceberg table's directory (for `icebergLocal`) once it exists.
     pub async fn table_path(&self) -> String {
         let app = self.app().await;
@@ -588,12 +668,11 @@ impl Lake {
                 last.describe()
             );
         }
-        let path = self.table_path().await;
+        let ice = self.ice_source().await;
         let expected = self.ch(&format!(
             "SELECT {FIGURES} FROM {}.trades WHERE NOT ({beyond}) FORMAT TSV",
             self.db
         ));
-        let ice = format!("icebergLocal('{path}')");
         let lost: u64 = self
             .ch(&format!(
                 "SELECT count() FROM {}.trades WHERE seq NOT IN (SELECT seq FROM {ice}) AND NOT ({beyond})",
@@ -648,9 +727,11 @@ impl Lake {
         );
         let got = self.ch(&format!("SELECT {FIGURES} FROM {ice} FORMAT TSV"));
         assert_eq!(
-            got, expected,
-            "[{}] figures: icebergLocal vs ClickHouse",
-            self.name
+            got,
+            expected,
+            "[{}] figures: {} vs ClickHouse",
+            self.name,
+            ice.split('(').next().unwrap_or_default()
         );
         if pyiceberg {
             assert_eq!(
@@ -881,7 +962,18 @@ impl Lake {
             Catalog::Postgres => pg_url().replace("postgres://", "postgresql+psycopg2://"),
             Catalog::Sqlite => format!("sqlite:///{}/catalog.db", self.dir.display()),
         };
-        pyiceberg_figures(&uri, &self.catalog_name, &self.dir)
+        let props = match &self.s3 {
+            None => serde_json::json!({}),
+            Some(s3) => serde_json::json!({
+                "py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO",
+                "s3.endpoint": s3.server.endpoint(),
+                "s3.access-key-id": s3.server.access_key(),
+                "s3.secret-access-key": s3.server.secret_key(),
+                "s3.region": s3.server.region(),
+                "s3.force-virtual-addressing": "false",
+            }),
+        };
+        lake_figures(&uri, &self.catalog_name, &self.warehouse(), &props)
     }
 }
 
@@ -966,8 +1058,24 @@ impl Lake {
         let meta = t.metadata();
         let root = strip(meta.location());
         let mut audit = FileAudit::default();
-        for sub in ["data", "metadata"] {
-            walk(&Path::new(&root).join(sub), &mut audit.on_disk);
+        match &self.s3 {
+            None => {
+                for sub in ["data", "metadata"] {
+                    walk(&Path::new(&root).join(sub), &mut audit.on_disk);
+                }
+            }
+            // What the server itself holds (its directory), not an S3 listing.
+            Some(s3) => {
+                let prefix = root
+                    .strip_prefix(&format!("s3://{}/", s3.bucket))
+                    .expect("the table lives in the scenario's bucket");
+                for sub in ["data", "metadata"] {
+                    let keys = s3.server.keys(&s3.bucket, &format!("{prefix}/{sub}/"));
+                    audit
+                        .on_disk
+                        .extend(keys.into_iter().map(|k| format!("s3://{}/{k}", s3.bucket)));
+                }
+            }
         }
         let mut referenced = std::collections::BTreeSet::new();
         // Files that must exist: what kept snapshots read as live.
@@ -1081,14 +1189,20 @@ pub fn resume(child: &Child) {
 /// catalog at SQLAlchemy URI `uri`, named `catalog_name`, with its warehouse
 /// under `dir`: the exact figures, tab-separated, in `lake_figures.py`'s order.
 pub fn pyiceberg_figures(uri: &str, catalog_name: &str, dir: &Path) -> String {
+    lake_figures(
+        uri,
+        catalog_name,
+        &format!("{}/warehouse", dir.display()),
+        &serde_json::json!({}),
+    )
+}
+
+/// [`pyiceberg_figures`] for any `warehouse`, with extra catalog `props`
+/// (pyiceberg's `s3.*` and `py-io-impl` for an S3 warehouse).
+pub fn lake_figures(uri: &str, catalog_name: &str, warehouse: &str, props: &serde_json::Value) -> String {
     let out = Command::new(venv_python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lake_figures.py"))
-        .args([
-            uri,
-            catalog_name,
-            "lake.trades",
-            &format!("{}/warehouse", dir.display()),
-        ])
+        .args([uri, catalog_name, "lake.trades", warehouse, &props.to_string()])
         .output()
         .unwrap();
     assert!(
