@@ -6,8 +6,8 @@
 //! (its ClickHouse table does not exist) so the failure series are exported
 //! too. Once a cycle has committed, swept and maintained, its `/metrics` is
 //! scraped and held against every `offload_*` name in the `expr`s of
-//! `monitoring/alerts.yml` and the `targets[].expr`s of
-//! `monitoring/dashboard.json`, both ways: every name they use is exported,
+//! `monitoring/alerts.yml` and the `targets[].expr`s (and template variable
+//! queries) of `monitoring/dashboard.json`, both ways: every name they use is exported,
 //! and every name exported is used by one of them.
 
 mod support;
@@ -135,6 +135,14 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_exported_and_every_exported_
         serde_json::from_str(&std::fs::read_to_string(root.join("dashboard.json")).unwrap()).unwrap();
     let mut panels = Vec::new();
     dashboard_exprs(&dashboard, &mut panels);
+    // The template variables' queries too (`label_values(<metric>, table)`).
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    panels.extend(
+        variables
+            .iter()
+            .filter_map(|v| v["query"].as_str())
+            .map(str::to_owned),
+    );
     assert!(rules.len() >= 15, "alert expressions found: {rules:?}");
     assert!(panels.len() >= 30, "dashboard expressions found: {panels:?}");
     let used: BTreeSet<(String, &str)> = rules
