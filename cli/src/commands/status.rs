@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{Common, startup_failed, utc};
 use crate::app::{AppError, clickhouse_source, connect_sink, connect_store};
-use crate::config::Config;
+use crate::config::{Config, MaintenanceSection};
 use crate::stack::Stack;
 
 /// Consecutive failures that need a person (alert `OffloadConsecutiveFailures`).
@@ -57,6 +57,10 @@ const CRON_MAINTENANCE: Duration = Duration::from_secs(24 * 3600);
 /// The snapshot summary key naming a maintenance snapshot's operation
 /// (the sink's `SUMMARY_MAINTENANCE`, crate-private there).
 const MAINTENANCE_KEY: &str = "offload.maintenance";
+/// The committed watermark's snapshot summary key.
+const WINDOW_KEY: &str = offload_sink_iceberg::SUMMARY_WINDOW_UNTIL;
+/// The snapshot summary key only repair commits carry.
+const REPAIR_KEY: &str = offload_sink_iceberg::SUMMARY_REPAIR_BASE;
 
 /// `offload status`.
 #[derive(clap::Args, Debug, Clone)]
@@ -367,20 +371,29 @@ async fn table_status(r: &Readers<'_>, t: &TableConfig, now: SystemTime) -> Tabl
             // main's ancestry, newest first; bounded by the snapshot count
             // so corrupt metadata cannot loop.
             let mut chain = Vec::new();
+            // Expiry keeps every snapshot down to the one the committed
+            // window's markers are read from (the nearest offload snapshot
+            // on main that is not a repair): those are never overdue.
+            let mut markers_at = None;
             let mut next = meta.current_snapshot();
             while let Some(snap) = next.take()
                 && chain.len() <= meta.snapshots().len()
             {
+                let p = &snap.summary().additional_properties;
+                if markers_at.is_none() && p.contains_key(WINDOW_KEY) && !p.contains_key(REPAIR_KEY) {
+                    markers_at = Some(chain.len());
+                }
                 chain.push(snap.timestamp_ms());
                 next = snap.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id));
             }
+            let kept = markers_at.map_or(0, |i| i + 1);
             let last_commit = meta
                 .snapshots()
                 .filter(|s| s.summary().additional_properties.contains_key(MAINTENANCE_KEY))
                 .map(|s| s.timestamp_ms())
                 .max()
                 .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
-            s.maintenance = Some(maintenance(&chain, last_commit, r.cfg, now));
+            s.maintenance = Some(maintenance(&chain, kept, last_commit, &r.cfg.maintenance, now));
         }
         Ok(None) => {}
         Err(e) => s.errors.push(format!("iceberg table: {e}")),
@@ -437,15 +450,25 @@ async fn late_rows(
 
 /// The maintenance figures of a table (see [`Maintenance`]) from main's
 /// ancestry (`chain`: snapshot timestamps in ms, newest first, as expiry
-/// walks it) and the newest maintenance snapshot's time.
-fn maintenance(chain: &[i64], last_commit: Option<SystemTime>, cfg: &Config, now: SystemTime) -> Maintenance {
-    let m = &cfg.maintenance;
+/// walks it; the newest `kept` of them kept whatever their age) and the
+/// newest maintenance snapshot's time.
+fn maintenance(
+    chain: &[i64],
+    kept: usize,
+    last_commit: Option<SystemTime>,
+    m: &MaintenanceSection,
+    now: SystemTime,
+) -> Maintenance {
     // Twice the interval, as the alert `OffloadMaintenanceOverdue` allows
     // (which also clamps it to an hour, against alert noise).
     let interval = 2 * m.run_interval().unwrap_or(CRON_MAINTENANCE);
     let retention = m.snapshot_retention.map_or(DEFAULT_SNAPSHOT_RETENTION, |d| d.0);
     let grace = m.delete_grace.map_or(DEFAULT_DELETE_GRACE, |d| d.0);
-    let keep = m.keep_snapshots.unwrap_or(DEFAULT_KEEP_SNAPSHOTS).max(1);
+    let keep = m
+        .keep_snapshots
+        .unwrap_or(DEFAULT_KEEP_SNAPSHOTS)
+        .max(1)
+        .max(kept);
     let cutoff = |age: Duration| {
         system_time_to_micros(now.checked_sub(age + interval).unwrap_or(SystemTime::UNIX_EPOCH)) / 1000
     };
@@ -635,6 +658,23 @@ mod tests {
         ] {
             assert!(sink.contains(&want), "{want} not in {sink}");
         }
+    }
+
+    #[test]
+    fn snapshots_expiry_keeps_are_never_overdue() {
+        let now = SystemTime::now();
+        let day_ms = 86_400_000;
+        let now_ms = system_time_to_micros(now) / 1000;
+        // Twelve snapshots a week old and more, newest first.
+        let chain: Vec<i64> = (0..12).map(|i| now_ms - (7 + i) * day_ms).collect();
+        let m = MaintenanceSection::default();
+        // keep_snapshots (10) keeps the newest ten: two are overdue.
+        assert_eq!(maintenance(&chain, 0, None, &m, now).overdue_snapshots, 2);
+        // The committed window read from the eleventh: it is kept too.
+        assert_eq!(maintenance(&chain, 11, None, &m, now).overdue_snapshots, 1);
+        // Younger than retention + twice the interval: not overdue yet.
+        let young: Vec<i64> = (0..12).map(|i| now_ms - i * 3_600_000).collect();
+        assert_eq!(maintenance(&young, 0, None, &m, now).overdue_snapshots, 0);
     }
 
     #[test]
