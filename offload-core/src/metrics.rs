@@ -110,9 +110,10 @@ const RUN_FAILURE_KINDS: [&str; 9] = [
 /// module docs): call once at start-up, with the program's `version`, its
 /// tables, and the maintenance interval it schedules (`None`: none).
 ///
-/// Timestamps created at zero read "never" (1970): rules compare them only
-/// where they are above zero. A summary created with no sample renders its
-/// quantiles as 0 and `_count` 0.
+/// Timestamps created at zero read "not since this start" (1970): the rules
+/// in `monitoring/alerts.yml` skip a zero, or (maintenance overdue) give it
+/// a grace period. A summary created with no sample renders its quantiles as
+/// 0 and `_count` 0.
 pub fn register(version: &str, tables: &[TableConfig], maintenance_interval: Option<Duration>) {
     describe();
     metrics::gauge!(INFO, "version" => version.to_owned()).set(1.0);
