@@ -483,6 +483,15 @@ fn maintenance(
     }
 }
 
+/// `1 file`, `2 files`.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn text(rows: &[TableStatus], now: SystemTime) -> String {
     let (_, first) = verdict(rows, now);
     let mut out = format!("{first}\n");
@@ -542,7 +551,15 @@ fn text(rows: &[TableStatus], now: SystemTime) -> String {
             );
         }
         if let (Some(n), Some(f), Some(sn)) = (r.rows, r.files, r.snapshots) {
-            line("table", format!("{n} rows in {f} files, {sn} snapshots"));
+            line(
+                "table",
+                format!(
+                    "{} in {}, {}",
+                    count(n, "row"),
+                    count(f, "file"),
+                    count(sn, "snapshot")
+                ),
+            );
         } else {
             line("table", "not created yet".into());
         }
