@@ -499,3 +499,29 @@ impl Catalog for FencedCatalog {
         result
     }
 }
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::pg_tls::check_available;
+
+    /// A URL that requires TLS is refused by a build without it (never a
+    /// plaintext connection), with the feature to turn on; `prefer`, `allow`
+    /// and `disable` never require it.
+    #[test]
+    fn a_url_requiring_tls_needs_the_rustls_feature() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u:hunter2@db:5432/ice?sslmode={mode}");
+            let checked = check_available(&url);
+            if cfg!(feature = "rustls") {
+                assert!(checked.is_ok(), "{mode}: {checked:?}");
+            } else {
+                let err = checked.expect_err("no TLS in this build").to_string();
+                assert!(err.contains("`rustls` feature") && err.contains(mode), "{err}");
+                assert!(!err.contains("hunter2"), "{err}");
+            }
+        }
+        for mode in ["prefer", "allow", "disable"] {
+            assert!(check_available(&format!("postgres://db/ice?sslmode={mode}")).is_ok());
+        }
+    }
+}
