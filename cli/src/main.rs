@@ -42,7 +42,8 @@ enum Command {
     /// Compact small files, rewrite manifests, expire old snapshots and delete
     /// unreferenced files of every table, then exit.
     Maintain(maintain::MaintainArgs),
-    /// Per table: committed watermark, lag, last run, failures, files and snapshots.
+    /// Whether anything needs you, then per table: watermark, lag, last run, failures,
+    /// rows, files, snapshots, late rows, maintenance, lease.
     Status(status::StatusArgs),
     /// Prove, bucket by bucket, that ClickHouse, Iceberg (and Kafka) hold the same rows.
     Reconcile(reconcile::ReconcileArgs),

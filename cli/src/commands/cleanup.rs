@@ -18,7 +18,7 @@ pub struct CleanupArgs {
 /// Runs the subcommand.
 pub async fn main(args: CleanupArgs) -> ExitCode {
     let start = async {
-        let cfg = args.common.load_with_metrics()?;
+        let cfg = args.common.load()?;
         let sink = Stack::from_config(&cfg)?.sink(connect_sink(&cfg).await?);
         Ok::<_, AppError>((cfg.table_configs()?, sink))
     };

@@ -2,8 +2,8 @@
 //!
 //! | status | `run`, `cleanup`, `maintain` | `status` | `reconcile` |
 //! |---|---|---|---|
-//! | 0 | every table succeeded (or was skipped: another worker held it; a failed maintenance inside `run` does not count) | every table read, none failing | verdict ok, not yet offloaded, or expired upstream |
-//! | 1 | a table failed | a table's last runs failed, or it could not be read | missing, duplicated or diverged rows |
+//! | 0 | every table succeeded (or was skipped: another worker held it; a failed maintenance inside `run` does not count) | nothing needs you | verdict ok, not yet offloaded, or expired upstream |
+//! | 1 | a table failed (the scheduled loop: a table's latest run had failed when it stopped) | something needs a person: >= 3 consecutive failures, lag > 30 min, rows beyond `late_horizon`, the store ahead of the table, maintenance overdue, or a part could not be read | missing, duplicated or diverged rows |
 //! | 2 | could not start: bad configuration, unreachable server | same | same, or reconcile could not run |
 
 pub mod cleanup;

@@ -136,13 +136,24 @@ pub async fn main(args: RunArgs) -> ExitCode {
     let ok = if args.once {
         report(&app.engine.run_all(&app.tables, &shutdown).await)
     } else {
-        let mut all_ok = true;
+        // The exit status of a loop stopped by SIGTERM says how it left the
+        // tables, not whether one failed once a day ago: a transient failure
+        // that the next cycle cured must not mark the systemd unit failed.
+        let mut failing: std::collections::BTreeSet<String> = Default::default();
         app.engine
             .run_every(&app.tables, cfg.engine.interval.0, &shutdown, |results| {
-                all_ok &= report(results);
+                report(results);
+                for (table, r) in results {
+                    match r {
+                        Err(e) if !matches!(e, Error::LeaseHeld { .. } | Error::Cancelled) => {
+                            failing.insert(table.clone())
+                        }
+                        _ => failing.remove(table),
+                    };
+                }
             })
             .await;
-        all_ok
+        failing.is_empty()
     };
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

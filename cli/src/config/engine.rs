@@ -173,6 +173,7 @@ fn default_store() -> Dur {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
-    /// Serve Prometheus metrics at `http://<listen>/metrics`, e.g. `127.0.0.1:9898`.
+    /// Serve Prometheus metrics at `http://<listen>/metrics`, e.g. `127.0.0.1:9898`,
+    /// with liveness at `/healthz` and readiness at `/readyz` (`offload run` only).
     pub listen: SocketAddr,
 }
