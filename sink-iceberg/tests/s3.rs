@@ -219,6 +219,9 @@ async fn s3_orphan_cleanup_keeps_what_it_must() {
         put(&table, l, b"old").await;
         age(&server, bucket, l, 2 * HOUR);
     }
+    // Unreferenced but just written (a commit in flight): younger than the grace.
+    let young_meta = format!("{location}/metadata/00042-in-flight.metadata.json");
+    put(&table, &young_meta, b"new").await;
 
     let deleted = table.cleanup_orphans(HOUR).await.unwrap();
     assert_eq!(deleted, 2, "the two old strays");
@@ -229,7 +232,7 @@ async fn s3_orphan_cleanup_keeps_what_it_must() {
     for l in referenced
         .iter()
         .chain(&fresh)
-        .chain([&hidden, &outside, &sibling])
+        .chain([&hidden, &outside, &sibling, &young_meta])
     {
         assert!(io.exists(l).await.unwrap(), "{l} kept");
     }
@@ -241,9 +244,11 @@ async fn s3_orphan_cleanup_keeps_what_it_must() {
     age(&server, bucket, &fresh[0], 2 * HOUR);
     assert_eq!(table.cleanup_orphans(HOUR).await.unwrap(), 0);
     assert!(io.exists(&fresh[0]).await.unwrap());
-    // Past the grace (zero here) the abandoned staged file goes too.
-    assert_eq!(table.cleanup_orphans(Duration::ZERO).await.unwrap(), 1);
+    // Past the grace (zero here) the abandoned staged file and the young
+    // metadata file go too.
+    assert_eq!(table.cleanup_orphans(Duration::ZERO).await.unwrap(), 2);
     assert!(!io.exists(&fresh[0]).await.unwrap());
+    assert!(!io.exists(&young_meta).await.unwrap());
     for l in &referenced {
         assert!(io.exists(l).await.unwrap(), "{l} kept");
     }
