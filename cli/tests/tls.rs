@@ -50,7 +50,12 @@ impl Servers {
             .tempdir_in(runs)
             .unwrap()
             .keep();
-        Servers { certs, pg, front, dir }
+        Servers {
+            certs,
+            pg,
+            front,
+            dir,
+        }
     }
 
     /// A config file: PostgreSQL verified against `pg_ca`, ClickHouse against `ch_ca`.
@@ -131,9 +136,23 @@ fn a_run_over_tls_offloads_every_row_and_reconciles_exactly() {
     // bucket, and Iceberg holds every row once.
     let reconcile = s.offload(
         &cfg,
-        &["reconcile", "--from", "now-1h", "--to", "now", "--bucket", "minute", "--json"],
+        &[
+            "reconcile",
+            "--from",
+            "now-1h",
+            "--to",
+            "now",
+            "--bucket",
+            "minute",
+            "--json",
+        ],
     );
-    assert_eq!(reconcile.code, Some(0), "offload reconcile over TLS: {}", reconcile.describe());
+    assert_eq!(
+        reconcile.code,
+        Some(0),
+        "offload reconcile over TLS: {}",
+        reconcile.describe()
+    );
     let report: Report = serde_json::from_str(&reconcile.stdout)
         .unwrap_or_else(|e| panic!("--json prints a Report ({e}): {}", reconcile.describe()));
     assert_eq!(report.verdict, Verdict::Ok, "{}", reconcile.describe());
@@ -149,7 +168,12 @@ fn a_run_trusting_the_wrong_ca_fails_saying_which_certificate_and_what_to_set() 
     // PostgreSQL (store and catalog) verified against an unrelated CA.
     let cfg = s.config("wrong-pg.toml", &s.certs.wrong_ca(), &s.certs.ca());
     let run = s.offload(&cfg, &["run", "--once"]);
-    assert_ne!(run.code, Some(0), "a refused certificate must fail the run: {}", run.describe());
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a refused certificate must fail the run: {}",
+        run.describe()
+    );
     eprintln!("what the operator sees (PostgreSQL):\n{}", run.describe());
     for needle in [
         "certificate verification failed",
@@ -157,16 +181,31 @@ fn a_run_trusting_the_wrong_ca_fails_saying_which_certificate_and_what_to_set() 
         "UnknownIssuer",
         "sslrootcert",
     ] {
-        assert!(run.stderr.contains(needle), "{needle:?} missing: {}", run.describe());
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} missing: {}",
+            run.describe()
+        );
     }
 
     // ClickHouse verified against an unrelated CA.
     let cfg = s.config("wrong-ch.toml", &s.certs.ca(), &s.certs.wrong_ca());
     let run = s.offload(&cfg, &["run", "--once"]);
-    assert_ne!(run.code, Some(0), "a refused certificate must fail the run: {}", run.describe());
+    assert_ne!(
+        run.code,
+        Some(0),
+        "a refused certificate must fail the run: {}",
+        run.describe()
+    );
     eprintln!("what the operator sees (ClickHouse):\n{}", run.describe());
     let all = format!("{}{}", run.stdout, run.stderr);
-    for needle in ["TLS to ClickHouse failed", "certificate verification failed", "UnknownIssuer", "tls_ca_file"] {
+    let at = format!("TLS to ClickHouse at {} failed", s.front.https_url().unwrap());
+    for needle in [
+        &at[..],
+        "certificate verification failed",
+        "UnknownIssuer",
+        "tls_ca_file",
+    ] {
         assert!(all.contains(needle), "{needle:?} missing: {}", run.describe());
     }
 }

@@ -157,8 +157,10 @@ pub enum ClickHouseError {
     /// The TLS handshake with the server failed (its certificate is not
     /// trusted or not valid for the URL's host). Not transient: the CA file
     /// or the URL must change.
-    #[error("TLS to ClickHouse failed: {reason}")]
+    #[error("TLS to ClickHouse{} failed: {reason}", at.as_deref().map(|u| format!(" at {u}")).unwrap_or_default())]
     Tls {
+        /// The server's URL (password redacted), when the caller knows it.
+        at: Option<String>,
         /// What failed, and what to change.
         reason: String,
     },
@@ -299,7 +301,7 @@ impl ClickHouseError {
         // retrying cannot help: said as what it is.
         #[cfg(feature = "rustls")]
         if let Some(reason) = crate::tls::failure(&err) {
-            return ClickHouseError::Tls { reason };
+            return ClickHouseError::Tls { at: None, reason };
         }
         match err {
             E::BadResponse(msg) => Self::from_server_message(&msg),

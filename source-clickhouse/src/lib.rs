@@ -20,7 +20,8 @@ pub use compression::Compression;
 pub use decode::ArrowStreamDecoder;
 pub use error::ClickHouseError;
 pub use source::{
-    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, DEFAULT_STREAM_IDLE_TIMEOUT, client_for,
+    ClickHouseSource, ClickHouseSourceBuilder, ClickHouseTableOptions, DEFAULT_STREAM_IDLE_TIMEOUT,
+    client_for,
 };
 pub use table::ClickHouseTable;
 pub use types::{SubMicrosecond, UInt64Mapping};

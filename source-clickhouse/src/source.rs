@@ -366,8 +366,8 @@ impl ClickHouseSourceBuilder {
             .settings
             .keys()
             .any(|name| BLOCK_SETTINGS.iter().any(|b| name.eq_ignore_ascii_case(b)));
-        let mut client = client_for(&self.url, self.tls_ca_file.as_deref())?
-            .with_compression(compression.client());
+        let mut client =
+            client_for(&self.url, self.tls_ca_file.as_deref())?.with_compression(compression.client());
         if let Some(user) = &self.user {
             client = client.with_user(user.clone());
         }
@@ -544,6 +544,14 @@ impl ClickHouseSource {
             table,
         )
         .await
+        // The first request of a run: say which server refused the handshake.
+        .map_err(|e| match e {
+            ClickHouseError::Tls { at: None, reason } => ClickHouseError::Tls {
+                at: Some(redact_url(&self.config.url)),
+                reason,
+            },
+            e => e,
+        })
     }
 }
 

@@ -80,7 +80,9 @@ pub(crate) fn failure(e: &clickhouse::error::Error) -> Option<String> {
         // I/O errors, and `io::Error::source` skips the error it wraps: step
         // into it instead.
         cause = match c.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
             None => c.source(),
         };
     }

@@ -76,7 +76,10 @@ async fn a_server_signed_by_another_ca_is_refused_naming_certificate_verificatio
             .password("hunter2")
             .build()
             .unwrap(),
-        ClickHouseSource::builder(url).password("hunter2").build().unwrap(),
+        ClickHouseSource::builder(url)
+            .password("hunter2")
+            .build()
+            .unwrap(),
     ] {
         let err = source
             .open_table(&trades())
@@ -84,8 +87,16 @@ async fn a_server_signed_by_another_ca_is_refused_naming_certificate_verificatio
             .expect_err("a server whose CA we do not trust must be refused");
         let shown = err.to_string();
         assert!(matches!(err, ClickHouseError::Tls { .. }), "{err:?}");
-        assert!(!err.is_retryable(), "a certificate failure is not transient: {shown}");
-        for needle in ["certificate verification failed", "UnknownIssuer", "tls_ca_file"] {
+        assert!(
+            !err.is_retryable(),
+            "a certificate failure is not transient: {shown}"
+        );
+        for needle in [
+            &format!("TLS to ClickHouse at {url} failed"),
+            "certificate verification failed",
+            "UnknownIssuer",
+            "tls_ca_file",
+        ] {
             assert!(shown.contains(needle), "{needle:?} missing from: {shown}");
         }
         assert!(!format!("{err:?} {source:?}").contains("hunter2"));
@@ -114,7 +125,13 @@ fn a_ca_file_is_checked_when_the_source_is_built() {
     ] {
         let err = builder.build().expect_err("refused at build");
         assert!(
-            matches!(err, ClickHouseError::InvalidConfig { field: "tls_ca_file", .. }),
+            matches!(
+                err,
+                ClickHouseError::InvalidConfig {
+                    field: "tls_ca_file",
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains(needle), "{needle:?} missing from: {err}");

@@ -178,10 +178,14 @@ impl ClickHouseFront {
                 Err(e) => {
                     let _ = child.kill();
                     let status = child.wait();
+                    let and_tls = if tls.is_some() {
+                        " and `LISTENING_TLS <port>`"
+                    } else {
+                        ""
+                    };
                     panic!(
-                        "chdb-front did not report `LISTENING <port>`{} ({e}); exit status: {status:?}. \
-                         Its stderr is above. Is the venv complete? Rerun `bash testing/setup-venv.sh`.",
-                        if tls.is_some() { " and `LISTENING_TLS <port>`" } else { "" }
+                        "chdb-front did not report `LISTENING <port>`{and_tls} ({e}); exit status: {status:?}. \
+                         Its stderr is above. Is the venv complete? Rerun `bash testing/setup-venv.sh`."
                     );
                 }
             }

@@ -56,7 +56,10 @@ impl TestCerts {
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .expect("server certificate names");
         params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server = params.signed_by(&key, &ca).expect("sign the server certificate");
 
@@ -147,10 +150,21 @@ impl TlsPostgres {
 
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions", "-D"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+                "-D",
+            ])
             .arg(&data);
         as_owner(&mut initdb, owner);
-        let out = initdb.output().unwrap_or_else(|e| panic!("run {}: {e}", bin.join("initdb").display()));
+        let out = initdb
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.join("initdb").display()));
         assert!(
             out.status.success(),
             "initdb failed ({}):\n{}{}",
@@ -233,7 +247,10 @@ impl TlsPostgres {
     /// A URL with the given `sslmode` and no root certificate, e.g. `disable`
     /// for the plaintext case.
     pub fn url_with_sslmode(&self, sslmode: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode={sslmode}", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={sslmode}",
+            self.port
+        )
     }
 
     /// The server's log so far (connection refusals, TLS handshake errors).
@@ -331,7 +348,9 @@ fn wait_ready(bin: &Path, port: u16, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + PG_START_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("postgres exited with {status} before accepting connections"));
+            return Err(format!(
+                "postgres exited with {status} before accepting connections"
+            ));
         }
         let ready = Command::new(bin.join("pg_isready"))
             .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-t", "2"])
@@ -341,7 +360,9 @@ fn wait_ready(bin: &Path, port: u16, child: &mut Child) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("not accepting connections on port {port} after {PG_START_TIMEOUT:?}"));
+            return Err(format!(
+                "not accepting connections on port {port} after {PG_START_TIMEOUT:?}"
+            ));
         }
         // A poll interval, not a synchronisation: readiness is checked again.
         std::thread::sleep(Duration::from_millis(100));

@@ -6,9 +6,9 @@
 #![cfg(feature = "postgres")]
 
 use offload_core::RunId;
-use offload_watermark_store::{PostgresStore, StoreError};
 #[cfg(feature = "rustls")]
 use offload_testkit::{TestCerts, TlsPostgres};
+use offload_watermark_store::{PostgresStore, StoreError};
 
 /// A schema no other check of this run uses (the server is thrown away after).
 fn fresh_schema() -> String {
@@ -46,7 +46,10 @@ async fn a_server_signed_by_another_ca_is_refused_naming_certificate_verificatio
         .expect_err("a server whose CA we do not trust must be refused");
     let shown = err.to_string();
     assert!(matches!(err, StoreError::Tls { .. }), "{err:?}");
-    assert!(!err.is_retryable(), "a certificate failure is not transient: {shown}");
+    assert!(
+        !err.is_retryable(),
+        "a certificate failure is not transient: {shown}"
+    );
     for needle in [
         "certificate verification failed",
         &format!("127.0.0.1:{}", pg.port()),
@@ -71,7 +74,10 @@ async fn a_plaintext_connection_is_refused_by_the_server() {
         .expect_err("the server has no hba line for a connection without TLS");
     let shown = err.to_string();
     assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
-    assert!(shown.contains("no pg_hba.conf entry") && shown.contains("no encryption"), "{shown}");
+    assert!(
+        shown.contains("no pg_hba.conf entry") && shown.contains("no encryption"),
+        "{shown}"
+    );
     // And the same server, same role, admits the verified TLS connection.
     let store = PostgresStore::connect(&pg.url(&certs.ca()), &fresh_schema())
         .await
@@ -92,7 +98,10 @@ async fn a_url_requiring_tls_needs_the_rustls_feature() {
             .expect_err("no TLS in this build");
         let shown = err.to_string();
         assert!(matches!(err, StoreError::TlsUnavailable { .. }), "{err:?}");
-        assert!(shown.contains("`rustls` feature") && shown.contains(mode), "{shown}");
+        assert!(
+            shown.contains("`rustls` feature") && shown.contains(mode),
+            "{shown}"
+        );
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
