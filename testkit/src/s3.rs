@@ -8,6 +8,7 @@
 //! client with wrong or missing credentials is refused, as by a real store.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -47,7 +48,9 @@ pub fn s3s_fs_binary() -> PathBuf {
 }
 
 /// A running s3s-fs on a free loopback port, serving a fresh temp directory
-/// (one sub-directory per bucket). Killed, and its data removed, on drop.
+/// (one sub-directory per bucket). Killed, and its data removed, on drop,
+/// and also when the thread that started it ends (`PR_SET_PDEATHSIG`): start
+/// it on the thread that owns it (a test's own), not on a short-lived one.
 pub struct S3Server {
     endpoint: String,
     access_key: String,
@@ -70,7 +73,20 @@ impl S3Server {
             .expect("create a temp dir for s3s-fs");
         let access_key = format!("AK{}", random_hex(8).to_uppercase());
         let secret_key = random_hex(20);
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // SAFETY: prctl(2) only, between fork and exec: async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Killed with the thread that started it (the test's), so a
+                // test process that dies without unwinding (SIGKILL, a
+                // timeout) leaves no server behind; Drop covers the rest.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(["--host", "127.0.0.1", "--port", "0", "--access-key"])
             .arg(&access_key)
             .arg("--secret-key")
