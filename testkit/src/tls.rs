@@ -18,7 +18,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rcgen::{
@@ -31,6 +31,12 @@ use tempfile::TempDir;
 const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fast shutdown may take before the postmaster is killed.
 const PG_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Runs the server (`"$@"`) and stops it (SIGINT: a fast shutdown) when the
+/// other end of the guard's stdin closes: on drop, and also when the test
+/// process dies without unwinding (killed by a timeout), so no server
+/// outlives its test. The guard exits with the server.
+const GUARD: &str =
+    r#"exec 3<&0; "$@" </dev/null & pid=$!; (read -r _ <&3; kill -INT "$pid" 2>/dev/null) & wait "$pid""#;
 
 /// A test CA, a server certificate it signed for `127.0.0.1` and
 /// `localhost`, and an unrelated CA, as PEM files in a temp dir.
@@ -113,8 +119,14 @@ fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 /// Role `postgres` (superuser, `trust` over TLS), database `postgres`.
 pub struct TlsPostgres {
     port: u16,
-    child: Option<Child>,
+    server: Option<Guarded>,
     dir: TempDir,
+}
+
+/// The guard shell running the postmaster, and our end of its stdin.
+struct Guarded {
+    child: Child,
+    stdin: Option<ChildStdin>,
 }
 
 impl TlsPostgres {
@@ -190,8 +202,11 @@ impl TlsPostgres {
             if let Some((uid, gid)) = owner {
                 let _ = std::os::unix::fs::chown(&log, Some(uid), Some(gid));
             }
-            let mut cmd = Command::new(bin.join("postgres"));
-            cmd.arg("-D").arg(&data);
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", GUARD, "offload-pg-guard"])
+                .arg(bin.join("postgres"))
+                .arg("-D")
+                .arg(&data);
             for setting in [
                 format!("port={port}"),
                 "listen_addresses=127.0.0.1".to_owned(),
@@ -204,21 +219,23 @@ impl TlsPostgres {
             ] {
                 cmd.arg("-c").arg(setting);
             }
-            cmd.stdin(Stdio::null())
+            cmd.stdin(Stdio::piped())
                 .stdout(log_file.try_clone().expect("dup the log file"))
                 .stderr(log_file);
             as_owner(&mut cmd, owner);
             let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn postgres: {e}"));
-            match wait_ready(&bin, port, &mut child) {
+            let stdin = child.stdin.take();
+            let mut server = Guarded { child, stdin };
+            match wait_ready(&bin, port, &mut server.child) {
                 Ok(()) => {
                     return TlsPostgres {
                         port,
-                        child: Some(child),
+                        server: Some(server),
                         dir,
                     };
                 }
                 Err(why) => {
-                    stop(&mut child);
+                    server.stop(&data);
                     last_log = format!("{why}\n{}", read_lossy(&log));
                     if !last_log.contains("could not bind") && !last_log.contains("Address already in use") {
                         break;
@@ -270,8 +287,8 @@ impl TlsPostgres {
 
 impl Drop for TlsPostgres {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop(&mut child);
+        if let Some(mut server) = self.server.take() {
+            server.stop(&self.dir.path().join("data"));
         }
         // `dir` is removed after this, once the server is gone.
     }
@@ -369,25 +386,31 @@ fn wait_ready(bin: &Path, port: u16, child: &mut Child) -> Result<(), String> {
     }
 }
 
-/// Fast shutdown (SIGINT: backends are told to exit), bounded, then SIGKILL.
-fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: kill with a pid we spawned and have not reaped yet.
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
-    let deadline = Instant::now() + PG_STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+impl Guarded {
+    /// Fast shutdown (the guard sends SIGINT once its stdin closes), bounded;
+    /// then SIGKILL to the postmaster (`postmaster.pid` in `data`) and the guard.
+    fn stop(&mut self, data: &Path) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + PG_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let postmaster = fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|pid| pid.lines().next()?.trim().parse::<libc::pid_t>().ok());
+        if let Some(pid) = postmaster {
+            // SAFETY: kill has no memory preconditions; the pid is the
+            // postmaster's own, which is still running (the guard waits on it).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn read_lossy(path: &Path) -> String {
