@@ -350,6 +350,23 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    #[tokio::test]
+    async fn unlistable_locations_are_unsupported() {
+        // Other object stores, and S3 without S3 settings (or without the feature).
+        for loc in [
+            "gs://b/wh/t",
+            "abfss://c@acct.dfs.core.windows.net/t",
+            "memory:///t",
+            "s3://b/wh/t",
+        ] {
+            let err = list_table(loc, None, &StorageConfig::LocalFs).await.unwrap_err();
+            assert!(
+                matches!(err, IcebergSinkError::CleanupUnsupported { .. }),
+                "{loc}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn names_are_last_segments() {
         let l = Listed {
