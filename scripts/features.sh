@@ -12,7 +12,7 @@ cd "$repo"
 # crate: the feature sets to build besides the defaults (already covered by the
 # workspace-wide clippy run): "-" is no features at all, "all" every feature.
 matrix=(
-    "offload-core: - testing conformance sqlx all"
+    "offload-core: - testing conformance sqlx rustls all"
     "offload-source-clickhouse: - lz4 rustls all"
     "offload-sink-iceberg: - sqlite postgres rest s3 rustls all"
     "offload-watermark-store: - file postgres rustls conformance all"

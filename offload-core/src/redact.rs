@@ -7,8 +7,11 @@
 /// - the user info is everything before the *last* `@` (a password may hold
 ///   `@`, `/`, `?` or `#` unescaped); the password is hidden, and the whole
 ///   user info when it holds anything a user name would not;
-/// - every query value is hidden (it may be a token), and a query key that
-///   could be an encoded `password` (`%`) or names one (`pass`) is hidden too;
+/// - every query value is hidden (it may be a token), except those of the
+///   TLS settings an operator must see to fix a refused handshake (`sslmode`,
+///   `sslrootcert`: a mode and a file path, never secrets), and a query key
+///   that could be an encoded `password` (`%`) or names one (`pass`) is
+///   hidden too;
 /// - text that is not a URL is hidden entirely.
 ///
 /// ```
@@ -16,9 +19,15 @@
 /// assert_eq!(redact_url("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
 /// assert_eq!(redact_url("http://u:pa/ss@h:8123"), "http://***@h:8123");
 /// assert_eq!(redact_url("s3://b/p?token=abc&region=x"), "s3://b/p?token=***&region=***");
+/// assert_eq!(
+///     redact_url("postgres://u:p@h/db?sslmode=verify-full&sslrootcert=/ca.pem&sslpassword=k"),
+///     "postgres://u:***@h/db?sslmode=verify-full&sslrootcert=/ca.pem&***=***"
+/// );
 /// assert_eq!(redact_url("host=h password=x"), "<redacted: not a URL>");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    /// Query keys whose values are shown (exact, case-sensitive: as drivers read them).
+    const SHOWN: [&str; 2] = ["sslmode", "sslrootcert"];
     let Some(scheme_end) = url.find("://") else {
         return "<redacted: not a URL>".to_owned();
     };
@@ -51,6 +60,8 @@ pub fn redact_url(url: &str) -> String {
                     // `%` too: drivers decode `pass%77ord` to `password`.
                     if lower.contains("pass") || key.contains('%') {
                         "***=***".to_owned()
+                    } else if SHOWN.contains(&key) {
+                        kv.to_owned()
                     } else {
                         format!("{key}=***")
                     }
@@ -81,7 +92,10 @@ mod tests {
         let cases = [
             ("postgres://u:s3cret@h:5432/db", "postgres://u:***@h:5432/db"),
             ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h/db?sslmode=require", "postgres://h/db?sslmode=***"),
+            ("postgres://h/db?sslmode=require", "postgres://h/db?sslmode=require"),
+            // Shown only under their exact names.
+            ("postgres://h/db?SSLMODE=s3", "postgres://h/db?SSLMODE=***"),
+            ("postgres://h/db?sslkey=s3&sslpassword=s3", "postgres://h/db?sslkey=***&***=***"),
             (
                 "postgres://h/db?user=u&password=s3cret&x=1",
                 "postgres://h/db?user=***&***=***&x=***",

@@ -172,7 +172,6 @@ mod pg_tls {
 
     /// The TLS failure behind a catalog connect error, told with what to
     /// change; `None` when it is something else.
-    #[cfg(feature = "rustls")]
     pub(super) fn failure(e: &iceberg::Error, url: &str) -> Option<String> {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         let sql = loop {
@@ -184,45 +183,11 @@ mod pg_tls {
         };
         let options = url.parse::<PgConnectOptions>().ok()?;
         let endpoint = format!("{}:{}", options.get_host(), options.get_port());
-        let what = match sql {
-            // A failed handshake surfaces as an I/O error wrapping rustls's own.
-            sqlx::Error::Io(io) => describe(io.get_ref()?.downcast_ref::<rustls::Error>()?, &endpoint),
-            sqlx::Error::Tls(inner) => match inner.downcast_ref::<rustls::Error>() {
-                Some(r) => describe(r, &endpoint),
-                // sqlx's own words: "server does not support TLS", a bad sslrootcert file, ...
-                None => format!("{inner} ({endpoint})"),
-            },
-            _ => return None,
-        };
+        let what = offload_core::sql::tls_failure(sql, &endpoint)?;
         Some(format!(
             "TLS to the PostgreSQL catalog at {} failed: {what}",
             redact_url(url)
         ))
-    }
-
-    #[cfg(feature = "rustls")]
-    fn describe(e: &rustls::Error, endpoint: &str) -> String {
-        use rustls::{CertificateError as C, Error as E};
-        match e {
-            E::InvalidCertificate(C::UnknownIssuer) => format!(
-                "certificate verification failed for {endpoint}: certificate not trusted (UnknownIssuer); \
-                 set sslrootcert=<file of the CA that signed the server's certificate> in the URL"
-            ),
-            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => format!(
-                "certificate verification failed for {endpoint}: the certificate is not valid for this \
-                 host name (NotValidForName); connect by a name the certificate lists, or use sslmode=verify-ca"
-            ),
-            E::InvalidCertificate(other) => {
-                format!("certificate verification failed for {endpoint}: {other:?}")
-            }
-            other => format!("TLS handshake with {endpoint} failed: {other}"),
-        }
-    }
-
-    #[cfg(not(feature = "rustls"))]
-    pub(super) fn failure(_: &iceberg::Error, _: &str) -> Option<String> {
-        // No handshake without the feature: see `check_available`.
-        None
     }
 }
 
