@@ -79,6 +79,14 @@ if ! command -v promtool >/dev/null && [[ ! -x "$tools/bin/promtool" ]]; then
     rm -rf "$deb"
 fi
 
+# --- systemd-analyze --------------------------------------------------------------------
+# cli/tests/deploy.rs verifies the example unit (deploy/offload.service) with it;
+# Debian's systemd package ships it (installing it starts nothing where no
+# systemd runs, as in a container).
+if command -v dpkg >/dev/null && ! command -v systemd-analyze >/dev/null; then
+    apt_install systemd
+fi
+
 # --- Python tooling (chdb front, pyiceberg) -------------------------------------------------
 bash "$repo/testing/setup-venv.sh" >/dev/null
 log "ready"
