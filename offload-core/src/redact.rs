@@ -92,10 +92,16 @@ mod tests {
         let cases = [
             ("postgres://u:s3cret@h:5432/db", "postgres://u:***@h:5432/db"),
             ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h/db?sslmode=require", "postgres://h/db?sslmode=require"),
+            (
+                "postgres://h/db?sslmode=require",
+                "postgres://h/db?sslmode=require",
+            ),
             // Shown only under their exact names.
             ("postgres://h/db?SSLMODE=s3", "postgres://h/db?SSLMODE=***"),
-            ("postgres://h/db?sslkey=s3&sslpassword=s3", "postgres://h/db?sslkey=***&***=***"),
+            (
+                "postgres://h/db?sslkey=s3&sslpassword=s3",
+                "postgres://h/db?sslkey=***&***=***",
+            ),
             (
                 "postgres://h/db?user=u&password=s3cret&x=1",
                 "postgres://h/db?user=***&***=***&x=***",

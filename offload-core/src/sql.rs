@@ -17,9 +17,7 @@ pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
     match e {
         // A refused certificate stays refused: retrying only delays the message.
         sqlx::Error::Io(io) => !is_tls(io),
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             db.code().is_some_and(|code| sqlstate_retryable(&code))
                 || db.message().contains("database is locked")
@@ -83,7 +81,10 @@ mod tests {
             };
             assert!(!sqlx_retryable(&untrusted()));
             let said = tls_failure(&untrusted(), "h:5432").unwrap();
-            assert!(said.contains("UnknownIssuer") && said.contains("sslrootcert"), "{said}");
+            assert!(
+                said.contains("UnknownIssuer") && said.contains("sslrootcert"),
+                "{said}"
+            );
         }
     }
 
