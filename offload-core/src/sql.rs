@@ -56,53 +56,6 @@ pub fn sqlstate_retryable(code: &str) -> bool {
         )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_failures_are_named_and_never_retried() {
-        let refused = || sqlx::Error::Tls("server does not support TLS".into());
-        assert!(!sqlx_retryable(&refused()));
-        assert_eq!(
-            tls_failure(&refused(), "h:5432").as_deref(),
-            Some("server does not support TLS (h:5432)")
-        );
-        assert_eq!(tls_failure(&sqlx::Error::PoolTimedOut, "h:5432"), None);
-        let plain_io = sqlx::Error::Io(std::io::Error::other("connection reset"));
-        assert!(sqlx_retryable(&plain_io));
-        assert_eq!(tls_failure(&plain_io, "h:5432"), None);
-        #[cfg(feature = "rustls")]
-        {
-            let untrusted = || {
-                sqlx::Error::Io(std::io::Error::other(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::UnknownIssuer,
-                )))
-            };
-            assert!(!sqlx_retryable(&untrusted()));
-            let said = tls_failure(&untrusted(), "h:5432").unwrap();
-            assert!(
-                said.contains("UnknownIssuer") && said.contains("sslrootcert"),
-                "{said}"
-            );
-        }
-    }
-
-    #[test]
-    fn codes_are_classified() {
-        for code in [
-            "08006", "53300", "40001", "40P01", "57P01", "57014", "5", "6", "517", "261",
-        ] {
-            assert!(sqlstate_retryable(code), "{code}");
-        }
-        for code in [
-            "28P01", "28000", "3D000", "42P01", "23505", "22021", "22005", "XX000", "19", "2067",
-        ] {
-            assert!(!sqlstate_retryable(code), "{code}");
-        }
-    }
-}
-
 /// Whether an I/O error is a failed TLS handshake (rustls's error inside it).
 fn is_tls(io: &std::io::Error) -> bool {
     #[cfg(feature = "rustls")]
@@ -150,5 +103,52 @@ fn describe_rustls(e: &rustls::Error, endpoint: &str) -> String {
             format!("certificate verification failed for {endpoint}: {other:?}")
         }
         other => format!("TLS handshake with {endpoint} failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_named_and_never_retried() {
+        let refused = || sqlx::Error::Tls("server does not support TLS".into());
+        assert!(!sqlx_retryable(&refused()));
+        assert_eq!(
+            tls_failure(&refused(), "h:5432").as_deref(),
+            Some("server does not support TLS (h:5432)")
+        );
+        assert_eq!(tls_failure(&sqlx::Error::PoolTimedOut, "h:5432"), None);
+        let plain_io = sqlx::Error::Io(std::io::Error::other("connection reset"));
+        assert!(sqlx_retryable(&plain_io));
+        assert_eq!(tls_failure(&plain_io, "h:5432"), None);
+        #[cfg(feature = "rustls")]
+        {
+            let untrusted = || {
+                sqlx::Error::Io(std::io::Error::other(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )))
+            };
+            assert!(!sqlx_retryable(&untrusted()));
+            let said = tls_failure(&untrusted(), "h:5432").unwrap();
+            assert!(
+                said.contains("UnknownIssuer") && said.contains("sslrootcert"),
+                "{said}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_are_classified() {
+        for code in [
+            "08006", "53300", "40001", "40P01", "57P01", "57014", "5", "6", "517", "261",
+        ] {
+            assert!(sqlstate_retryable(code), "{code}");
+        }
+        for code in [
+            "28P01", "28000", "3D000", "42P01", "23505", "22021", "22005", "XX000", "19", "2067",
+        ] {
+            assert!(!sqlstate_retryable(code), "{code}");
+        }
     }
 }
