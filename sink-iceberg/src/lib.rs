@@ -23,7 +23,7 @@ pub use config::{
     S3Config, StorageConfig, default_writer_tasks,
 };
 pub use error::IcebergSinkError;
-pub use maintain::{MaintenanceConfig, Step, StepHook};
+pub use maintain::{MaintenanceConfig, SUMMARY_MAINTENANCE, Step, StepHook, expirable_snapshots};
 pub use markers::{
     KEY_ENGINE_ID, KEY_FENCING_TOKEN, KEY_RUN_ID, PROPERTY_WATERMARK, SUMMARY_DATA_VERSION,
     SUMMARY_REPAIR_BASE, SUMMARY_REPAIR_BUCKETS, SUMMARY_REPAIR_FIRST, SUMMARY_REPAIR_LAST,

@@ -26,12 +26,12 @@ use offload_core::{
     BucketGrid, Source, TableConfig, TableState, Watermark, WatermarkStore, repair_edge,
     system_time_to_micros,
 };
-use offload_sink_iceberg::IcebergSink;
+use offload_sink_iceberg::{IcebergSink, MaintenanceConfig, SUMMARY_MAINTENANCE, expirable_snapshots};
 use serde_json::{Value, json};
 
 use super::{Common, startup_failed, utc};
-use crate::app::{AppError, clickhouse_source, connect_sink, connect_store};
-use crate::config::{Config, MaintenanceSection};
+use crate::app::{AppError, clickhouse_source, connect_sink, connect_store, maintenance_config};
+use crate::config::Config;
 use crate::stack::Stack;
 
 /// Consecutive failures that need a person (alert `OffloadConsecutiveFailures`).
@@ -45,22 +45,9 @@ pub const STALE: Duration = Duration::from_secs(3600);
 /// catching up, not stale (the alert's `changes(...[15m])`).
 const CATCHING_UP: Duration = Duration::from_secs(15 * 60);
 
-// The sink's expiry defaults (`offload_sink_iceberg::MaintenanceConfig::default`,
-// whose fields are private), for the keys `[maintenance]` leaves unset; a test
-// checks them against the sink's.
-const DEFAULT_SNAPSHOT_RETENTION: Duration = Duration::from_secs(24 * 3600);
-const DEFAULT_KEEP_SNAPSHOTS: usize = 10;
-const DEFAULT_DELETE_GRACE: Duration = Duration::from_secs(3600);
 /// How often maintenance is assumed to run when `offload run` does not
 /// maintain (`interval = "0s"`: left to `offload maintain` from cron).
 const CRON_MAINTENANCE: Duration = Duration::from_secs(24 * 3600);
-/// The snapshot summary key naming a maintenance snapshot's operation
-/// (the sink's `SUMMARY_MAINTENANCE`, crate-private there).
-const MAINTENANCE_KEY: &str = "offload.maintenance";
-/// The committed watermark's snapshot summary key.
-const WINDOW_KEY: &str = offload_sink_iceberg::SUMMARY_WINDOW_UNTIL;
-/// The snapshot summary key only repair commits carry.
-const REPAIR_KEY: &str = offload_sink_iceberg::SUMMARY_REPAIR_BASE;
 
 /// `offload status`.
 #[derive(clap::Args, Debug, Clone)]
@@ -319,6 +306,8 @@ struct Readers<'a> {
     source: Option<&'a dyn Source>,
     store: &'a dyn WatermarkStore,
     cfg: &'a Config,
+    /// `[maintenance]` as `maintain` applies it.
+    maintenance: &'a MaintenanceConfig,
 }
 
 /// Reads one table's status.
@@ -368,32 +357,26 @@ async fn table_status(r: &Readers<'_>, t: &TableConfig, now: SystemTime) -> Tabl
             };
             s.files = Some(total("total-data-files"));
             s.rows = Some(total("total-records"));
-            // main's ancestry, newest first; bounded by the snapshot count
-            // so corrupt metadata cannot loop.
-            let mut chain = Vec::new();
-            // Expiry keeps every snapshot down to the one the committed
-            // window's markers are read from (the nearest offload snapshot
-            // on main that is not a repair): those are never overdue.
-            let mut markers_at = None;
-            let mut next = meta.current_snapshot();
-            while let Some(snap) = next.take()
-                && chain.len() <= meta.snapshots().len()
-            {
-                let p = &snap.summary().additional_properties;
-                if markers_at.is_none() && p.contains_key(WINDOW_KEY) && !p.contains_key(REPAIR_KEY) {
-                    markers_at = Some(chain.len());
-                }
-                chain.push(snap.timestamp_ms());
-                next = snap.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id));
-            }
-            let kept = markers_at.map_or(0, |i| i + 1);
             let last_commit = meta
                 .snapshots()
-                .filter(|s| s.summary().additional_properties.contains_key(MAINTENANCE_KEY))
+                .filter(|s| {
+                    s.summary()
+                        .additional_properties
+                        .contains_key(SUMMARY_MAINTENANCE)
+                })
                 .map(|s| s.timestamp_ms())
                 .max()
                 .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
-            s.maintenance = Some(maintenance(&chain, kept, last_commit, &r.cfg.maintenance, now));
+            // Twice the interval, as the alert `OffloadMaintenanceOverdue`
+            // allows: what a maintenance that long ago would already have
+            // expired, by the sink's own selection, is overdue.
+            let interval = 2 * r.cfg.maintenance.run_interval().unwrap_or(CRON_MAINTENANCE);
+            let due_at = now.checked_sub(interval).unwrap_or(SystemTime::UNIX_EPOCH);
+            s.maintenance = Some(Maintenance {
+                last_commit,
+                overdue_snapshots: expirable_snapshots(meta, r.maintenance, due_at) as u64,
+                interval,
+            });
         }
         Ok(None) => {}
         Err(e) => s.errors.push(format!("iceberg table: {e}")),
@@ -452,37 +435,6 @@ async fn late_rows(
 /// ancestry (`chain`: snapshot timestamps in ms, newest first, as expiry
 /// walks it; the newest `kept` of them kept whatever their age) and the
 /// newest maintenance snapshot's time.
-fn maintenance(
-    chain: &[i64],
-    kept: usize,
-    last_commit: Option<SystemTime>,
-    m: &MaintenanceSection,
-    now: SystemTime,
-) -> Maintenance {
-    // Twice the interval, as the alert `OffloadMaintenanceOverdue` allows
-    // (which also clamps it to an hour, against alert noise).
-    let interval = 2 * m.run_interval().unwrap_or(CRON_MAINTENANCE);
-    let retention = m.snapshot_retention.map_or(DEFAULT_SNAPSHOT_RETENTION, |d| d.0);
-    let grace = m.delete_grace.map_or(DEFAULT_DELETE_GRACE, |d| d.0);
-    let keep = m
-        .keep_snapshots
-        .unwrap_or(DEFAULT_KEEP_SNAPSHOTS)
-        .max(1)
-        .max(kept);
-    let cutoff = |age: Duration| {
-        system_time_to_micros(now.checked_sub(age + interval).unwrap_or(SystemTime::UNIX_EPOCH)) / 1000
-    };
-    let (old, replaced_old) = (cutoff(retention), cutoff(grace));
-    let overdue = (keep..chain.len())
-        .filter(|&i| chain[i] < old && chain[i - 1] < replaced_old)
-        .count() as u64;
-    Maintenance {
-        last_commit,
-        overdue_snapshots: overdue,
-        interval,
-    }
-}
-
 /// `1 file`, `2 files`.
 fn count(n: u64, noun: &str) -> String {
     if n == 1 {
@@ -616,9 +568,18 @@ pub async fn main(args: StatusArgs) -> ExitCode {
         } else {
             Some(stack.source(clickhouse_source(&cfg.clickhouse)?))
         };
-        Ok::<_, AppError>((cfg.table_configs()?, cfg, iceberg, sink, store, source))
+        let maintenance = maintenance_config(&cfg)?;
+        Ok::<_, AppError>((
+            cfg.table_configs()?,
+            cfg,
+            maintenance,
+            iceberg,
+            sink,
+            store,
+            source,
+        ))
     };
-    let (tables, cfg, iceberg, sink, store, source) = match start.await {
+    let (tables, cfg, maintenance, iceberg, sink, store, source) = match start.await {
         Ok(v) => v,
         Err(e) => return startup_failed(&e),
     };
@@ -628,6 +589,7 @@ pub async fn main(args: StatusArgs) -> ExitCode {
         source: source.as_deref(),
         store: store.as_ref(),
         cfg: &cfg,
+        maintenance: &maintenance,
     };
     let now = SystemTime::now();
     let mut rows = Vec::new();
@@ -663,36 +625,6 @@ pub async fn main(args: StatusArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The defaults status assumes are the sink's own.
-    #[test]
-    fn expiry_defaults_are_the_sinks() {
-        let sink = format!("{:?}", offload_sink_iceberg::MaintenanceConfig::default());
-        for want in [
-            format!("snapshot_retention: {DEFAULT_SNAPSHOT_RETENTION:?}"),
-            format!("keep_snapshots: {DEFAULT_KEEP_SNAPSHOTS}"),
-            format!("delete_grace: {DEFAULT_DELETE_GRACE:?}"),
-        ] {
-            assert!(sink.contains(&want), "{want} not in {sink}");
-        }
-    }
-
-    #[test]
-    fn snapshots_expiry_keeps_are_never_overdue() {
-        let now = SystemTime::now();
-        let day_ms = 86_400_000;
-        let now_ms = system_time_to_micros(now) / 1000;
-        // Twelve snapshots a week old and more, newest first.
-        let chain: Vec<i64> = (0..12).map(|i| now_ms - (7 + i) * day_ms).collect();
-        let m = MaintenanceSection::default();
-        // keep_snapshots (10) keeps the newest ten: two are overdue.
-        assert_eq!(maintenance(&chain, 0, None, &m, now).overdue_snapshots, 2);
-        // The committed window read from the eleventh: it is kept too.
-        assert_eq!(maintenance(&chain, 11, None, &m, now).overdue_snapshots, 1);
-        // Younger than retention + twice the interval: not overdue yet.
-        let young: Vec<i64> = (0..12).map(|i| now_ms - i * 3_600_000).collect();
-        assert_eq!(maintenance(&young, 0, None, &m, now).overdue_snapshots, 0);
-    }
 
     #[test]
     fn the_verdict_names_each_table_that_needs_a_person() {

@@ -93,6 +93,29 @@ pub(crate) fn select(meta: &TableMetadata, rules: &Rules) -> Vec<i64> {
     chain[n..].iter().map(|(id, _)| *id).collect()
 }
 
+/// How many of main's snapshots a maintenance with `cfg` would expire if it
+/// ran at `at`: the same selection `maintain` makes (keep count, retention,
+/// delete grace, other refs, the committed window's markers), read from
+/// `meta` alone. 0 where `maintain` expires nothing (`gc.enabled` false, a
+/// branch with its own `max-snapshot-age-ms`). Asked with `at` an allowed
+/// interval ago, above 0 means maintenance is overdue (`offload status`).
+///
+/// ```
+/// use std::time::SystemTime;
+/// use offload_sink_iceberg::{MaintenanceConfig, expirable_snapshots};
+/// # fn check(meta: &iceberg::spec::TableMetadata) {
+/// let due = expirable_snapshots(meta, &MaintenanceConfig::default(), SystemTime::now());
+/// # let _ = due;
+/// # }
+/// ```
+pub fn expirable_snapshots(meta: &TableMetadata, cfg: &MaintenanceConfig, at: SystemTime) -> usize {
+    if !files::gc_enabled(meta) || !Refs::of(meta).own_age.is_empty() {
+        return 0;
+    }
+    let at_ms = millis(at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    keep_markers(meta, select(meta, &Rules::new(cfg, at_ms))).len()
+}
+
 /// What the table's refs other than main ask of expiry.
 #[derive(Debug, Default)]
 pub(crate) struct Refs {
@@ -301,6 +324,11 @@ mod tests {
             snap(5, Some(2), 1),
         ]
         .join(",");
+        // main's history, oldest first (a builder refuses metadata whose log
+        // does not end at the current snapshot).
+        let log = [(1, 4), (2, 3), (3, 2), (4, 1)]
+            .map(|(id, age)| format!(r#"{{"snapshot-id": {id}, "timestamp-ms": {}}}"#, now - age * H))
+            .join(",");
         let json = format!(
             r#"{{"format-version": 2, "table-uuid": "9c12d441-03fe-4693-9a96-a0705ddf69c1",
             "location": "/t", "last-sequence-number": 5, "last-updated-ms": {now},
@@ -311,7 +339,7 @@ mod tests {
             "last-partition-id": 999, "default-sort-order-id": 0,
             "sort-orders": [{{"order-id": 0, "fields": []}}], "properties": {{}},
             "current-snapshot-id": 4, "snapshots": [{snapshots}],
-            "snapshot-log": [], "metadata-log": [], "refs": {{{refs}}}}}"#
+            "snapshot-log": [{log}], "metadata-log": [], "refs": {{{refs}}}}}"#
         );
         serde_json::from_str(&json).unwrap()
     }
@@ -344,6 +372,29 @@ mod tests {
             "old": {"snapshot-id": 3, "type": "branch", "max-snapshot-age-ms": 5}"#,
         );
         assert_eq!(Refs::of(&m).own_age, vec!["main".to_owned(), "old".to_owned()]);
+    }
+
+    #[test]
+    fn expirable_snapshots_is_maintains_selection_at_a_given_time() {
+        let cfg = MaintenanceConfig::default()
+            .keep_snapshots(1)
+            .snapshot_retention(Duration::ZERO)
+            .delete_grace(Duration::ZERO);
+        let at = |hours_ago: f64| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis((1_000 * H) as u64)
+                - Duration::from_secs_f64(hours_ago * 3600.0)
+        };
+        let m = metadata(MAIN);
+        assert_eq!(expirable_snapshots(&m, &cfg, at(0.0)), 3, "all but main's head");
+        // 2.5 h ago only 1 was older and replaced (2's child 3 is younger).
+        assert_eq!(expirable_snapshots(&m, &cfg, at(2.5)), 1);
+        assert_eq!(expirable_snapshots(&m, &cfg, at(10.0)), 0, "nothing existed yet");
+        let own_age = metadata(r#""main": {"snapshot-id": 4, "type": "branch", "max-snapshot-age-ms": 1}"#);
+        assert_eq!(
+            expirable_snapshots(&own_age, &cfg, at(0.0)),
+            0,
+            "maintain expires none"
+        );
     }
 
     const H: i64 = 3_600_000;

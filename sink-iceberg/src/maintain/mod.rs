@@ -15,7 +15,9 @@ mod replace;
 mod swap;
 
 pub use config::{MaintenanceConfig, Step, StepHook};
+pub use expire::expirable_snapshots;
 use offload_core::MaintenanceSummary;
+pub use replace::SUMMARY_MAINTENANCE;
 
 use crate::{IcebergSinkError, IcebergTable};
 

@@ -88,8 +88,10 @@ pub(crate) struct ReplaceOutcome {
     pub(crate) manifests_after: u64,
 }
 
-/// Summary key naming the maintenance operation of a replace snapshot.
-pub(crate) const SUMMARY_MAINTENANCE: &str = "offload.maintenance";
+/// Snapshot summary key naming the maintenance operation (`compact`,
+/// `rewrite-manifests`) of a replace snapshot: how readers tell a
+/// maintenance commit from an offload.
+pub const SUMMARY_MAINTENANCE: &str = "offload.maintenance";
 
 /// Commits `plan` as a replace snapshot on main, rebuilding it on the new
 /// state (up to `max_commit_attempts`) when another commit lands first and
