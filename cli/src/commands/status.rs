@@ -431,10 +431,6 @@ async fn late_rows(
     Ok(late)
 }
 
-/// The maintenance figures of a table (see [`Maintenance`]) from main's
-/// ancestry (`chain`: snapshot timestamps in ms, newest first, as expiry
-/// walks it; the newest `kept` of them kept whatever their age) and the
-/// newest maintenance snapshot's time.
 /// `1 file`, `2 files`.
 fn count(n: u64, noun: &str) -> String {
     if n == 1 {
