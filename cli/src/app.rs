@@ -366,7 +366,7 @@ const SECRET_LOGGERS: [&str; 4] = [
 ];
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: `default_level`, e.g. `info`),
-/// never below `info` for [`SECRET_LOGGERS`].
+/// never below `info` for the crates whose debug lines print credentials (reqsign).
 pub fn init_logging(default_level: &str) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
